@@ -1,0 +1,83 @@
+"""Two kinds of checkpoint.
+
+* Full training state (`runs/NAME/checkpoints/step_XXXXXXX.pt`): model, EMA, optimiser, LR scheduler, step and
+  config; written atomically (temporary file, then rename) and rotated.
+* Slim inference checkpoint (`.safetensors`): EMA weights only, with the resolved config in the metadata.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diffusion.errors import CheckpointError
+
+_STEP = re.compile(r"^step_(\d+)\.pt$")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_full_state(folder: Path, step: int, state: dict, keep: int) -> Path:
+    path = folder / f"step_{step:07d}.pt"
+    atomic_torch_save(state, path)
+    for old in list_full_states(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_full_states(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_full_state(folder: Path) -> Path | None:
+    states = list_full_states(folder)
+    return states[-1] if states else None
+
+
+def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, extra: dict | None = None,
+              dtype: torch.dtype = torch.float16) -> None:
+    """EMA weights (stored as `dtype`, fp16 by default to halve the size) plus the config as metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state_dict.items()}
+    metadata = {"config": json.dumps(config), "task": config["task"], "format": "dmiai-diffusion-slim-v1"}
+    if extra:
+        metadata["extra"] = json.dumps(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Return (float32 state dict, config, extra). Raises CheckpointError with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
+    if "config" not in metadata:
+        raise CheckpointError(f"checkpoint {path} has no config in its metadata (not a slim checkpoint of this repository)")
+    config = json.loads(metadata["config"])
+    if expected_task is not None and config.get("task") != expected_task:
+        raise CheckpointError(f"checkpoint {path} is for task {config.get('task')!r}, not {expected_task!r}")
+    extra = json.loads(metadata.get("extra", "{}"))
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, extra

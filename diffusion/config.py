@@ -1,0 +1,88 @@
+"""YAML configs: model, schedule, data and optimiser live in the file; run settings on the command line."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from diffusion.errors import UserError
+
+DEFAULTS: dict = {
+    "task": "ct",
+    "seed": 0,
+    "data": {
+        "val_patients": 53,          # patients held out for validation (patient-level split)
+        "split_seed": 0,
+        "crop_size": 128,
+        "generated_mask_prob": 0.5,  # else a real mask of another slice
+        "flip": True,
+    },
+    "model": {
+        "block_out_channels": [16, 64, 128, 192],
+        "layers_per_block": 1,
+        "attention_levels": [],
+        "norm_num_groups": 16,
+    },
+    "diffusion": {
+        "prediction_type": "sample",
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "loss": "l1",
+        "timestep_power": 0.5,
+        "class_dropout": 0.1,
+    },
+    "train": {
+        "batch_size": 16,
+        "grad_accum": 1,
+        "lr": 3.0e-4,
+        "weight_decay": 0.0,
+        "warmup_steps": 100,
+        "lr_schedule": "cosine",
+        "max_steps": 100000,
+        "mixed_precision": "bf16",
+        "channels_last": True,
+        "ema_decay": 0.999,
+        "grad_clip": 1.0,
+        "num_workers": 0,
+        "log_every": 10,
+        "checkpoint_every": 200,
+        "keep_checkpoints": 2,
+        "val_every": 500,
+        "val_slices": 16,
+    },
+    "sample": {                      # default inference settings stored with the checkpoint
+        "sampler": "ddim",
+        "steps": 1,
+        "ensemble": 1,
+    },
+}
+
+
+def deep_update(base: dict, update: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in out:
+            raise UserError(f"config: unknown key {where + key!r}")
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = deep_update(out[key], value, where + key + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level")
+    return deep_update(DEFAULTS, raw)
+
+
+def dump_config(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,84 @@
+"""The denoiser wrapper: noise parameterisation, the DDPM noise schedule and the per-sample loss.
+
+The network sees `cat([x_t, condition])` and a class label; the wrapper turns its output into an estimate of
+the clean target x0 whatever it was trained to predict (epsilon, v or x0 itself).
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class Denoiser(nn.Module):
+    def __init__(self, net: nn.Module, *, prediction_type: str = "sample", num_train_timesteps: int = 1000,
+                 beta_schedule: str = "squaredcos_cap_v2", loss: str = "l1", timestep_power: float = 1.0,
+                 null_class: int | None = None, class_dropout: float = 0.0):
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
+        self.net = net
+        self.prediction_type = prediction_type
+        self.num_train_timesteps = num_train_timesteps
+        self.loss_type = loss
+        self.timestep_power = timestep_power      # t = T * u**power: < 1 spends more training on high noise
+        self.null_class = null_class              # class label meaning "no vertebra given"
+        self.class_dropout = class_dropout        # probability of replacing the label by null_class in training
+        schedule = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float().clone(), persistent=False)
+
+    # --- schedule -------------------------------------------------------------------------------------------
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self.alpha_sigma(t)
+        return a * x0 + s * noise
+
+    # --- prediction -----------------------------------------------------------------------------------------
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x0_hat, eps_hat) in float32, x0_hat clamped to [-1, 1]."""
+        t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
+        out = self.net(torch.cat([x_t, cond], 1).to(self._dtype()), t, class_labels=class_labels).sample.float()
+        a, s = self.alpha_sigma(t)
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - s * out) / a
+        elif self.prediction_type == "v_prediction":
+            x0 = a * x_t - s * out
+        else:
+            x0 = out
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - a * x0) / s
+        return x0, eps
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    # --- training -------------------------------------------------------------------------------------------
+    def sample_timesteps(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(n, device=device, generator=generator)
+        return (self.num_train_timesteps * u.pow(self.timestep_power)).long().clamp(0, self.num_train_timesteps - 1)
+
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor, class_labels: torch.Tensor | None,
+             weight: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss, averaged over the pixels where `weight` > 0 (pixels with weight 0 are ignored)."""
+        n = x0.shape[0]
+        t = self.sample_timesteps(n, x0.device) if t is None else t
+        noise = torch.randn_like(x0) if noise is None else noise
+        if class_labels is not None and self.training and self.class_dropout > 0:
+            drop = torch.rand(n, device=x0.device) < self.class_dropout
+            class_labels = torch.where(drop, torch.full_like(class_labels, self.null_class), class_labels)
+        x_t = self.add_noise(x0, noise, t)
+        out = self.net(torch.cat([x_t, cond], 1), t, class_labels=class_labels).sample.float()
+        a, s = self.alpha_sigma(t)
+        target = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[self.prediction_type]
+        diff = out - target
+        per_pixel = diff.abs() if self.loss_type == "l1" else diff.square()
+        weight = weight.to(per_pixel.dtype).expand_as(per_pixel)
+        return (per_pixel * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)

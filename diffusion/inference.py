@@ -1,0 +1,109 @@
+"""Loading a model for inference and sampling with it: the one code path shared by training-time
+validation, infer.py, eval.ablate and serve.py."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion.checkpoint import load_slim
+from diffusion.denoiser import Denoiser
+from diffusion.network import build_unet
+from diffusion.tasks import get_task
+from samplers import SAMPLERS, SamplerSpec, spaced_timesteps
+from samplers.ensemble import reduce_ensemble, sample_noise
+
+REPO = Path(__file__).resolve().parent.parent
+RELEASED = {"ct": REPO / "checkpoints" / "ct_inpaint.safetensors"}
+
+
+def build_denoiser(config: dict) -> Denoiser:
+    task = get_task(config["task"])
+    net = build_unet(config["model"], in_channels=task.target_channels + task.cond_channels,
+                     out_channels=task.target_channels, num_class_embeds=task.num_classes + 1)
+    d = config["diffusion"]
+    return Denoiser(net, prediction_type=d["prediction_type"], num_train_timesteps=d["num_train_timesteps"],
+                    beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
+                    null_class=task.null_class, class_dropout=d["class_dropout"])
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class Prediction:
+    image: np.ndarray        # (H, W) float grey levels, known pixels kept, 0 outside the body
+    uncertainty: np.ndarray  # (H, W) per-pixel spread across the ensemble, in grey levels
+
+
+class CTInpainter:
+    """A CT inpainting model ready to sample: `predict(...)` for one slice, `predict_batch` for several."""
+
+    def __init__(self, denoiser: Denoiser, config: dict, device: str | torch.device = "cpu", bf16: bool = True,
+                 checkpoint: str | None = None):
+        self.device = torch.device(device)
+        self.denoiser = denoiser.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.denoiser.net.to(memory_format=torch.channels_last)
+        self.config = config
+        self.task = get_task("ct")
+        self.bf16 = bf16
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True) -> "CTInpainter":
+        path = Path(path) if path is not None else RELEASED["ct"]
+        state, config, _ = load_slim(path, expected_task="ct")
+        denoiser = build_denoiser(config)
+        denoiser.net.load_state_dict(state)
+        return cls(denoiser, config, device=device, bf16=bf16, checkpoint=str(path))
+
+    def default_spec(self) -> tuple[SamplerSpec, int]:
+        s = self.config.get("sample", {})
+        return SamplerSpec(s.get("sampler", "ddim"), int(s.get("steps", 1)), int(s.get("jumps", 1))), \
+            int(s.get("ensemble", 1))
+
+    @torch.no_grad()
+    def predict_batch(self, corrupted: np.ndarray, missing_mask: np.ndarray, tissue: np.ndarray,
+                      vertebra: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
+                      seeds: list[int] | None = None) -> list[Prediction]:
+        """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble."""
+        default_spec, default_ensemble = self.default_spec()
+        spec = spec or default_spec
+        ensemble = ensemble or default_ensemble
+        n = corrupted.shape[0]
+        seeds = list(range(n)) if seeds is None else seeds
+        known_grey = torch.from_numpy(np.ascontiguousarray(corrupted))
+        missing = torch.from_numpy(np.ascontiguousarray(missing_mask))
+        tissue_t = torch.from_numpy(np.ascontiguousarray(tissue))
+        cond = self.task.condition(known_grey, missing, tissue_t)
+        labels = torch.as_tensor(np.asarray(vertebra), dtype=torch.long)
+        # E members per slice, slice-major: member e of slice i has seed (seeds[i], e)
+        rep = lambda t: t.repeat_interleave(ensemble, 0)  # noqa: E731
+        cond_e, labels_e = rep(cond).to(self.device), rep(labels).to(self.device)
+        noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
+                             [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
+        known = {"x0": cond_e[:, :1], "mask": 1 - cond_e[:, 1:2]}
+        generator = torch.Generator(self.device).manual_seed(seeds[0] * 7919 + 1)
+        timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
+        with autocast_for(self.device, self.bf16):
+            x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps, extra_args={"cond": cond_e, "class_labels": labels_e},
+                                     known=known, generator=generator, **spec.knobs())
+        x0 = x0.float().cpu()
+        grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))  # (N*E, H, W)
+        grey = grey.view(n, ensemble, *grey.shape[-2:])
+        out = []
+        for i in range(n):
+            reduced, spread = reduce_ensemble(grey[i], "median")
+            out.append(Prediction(image=reduced.numpy(), uncertainty=spread.numpy()))
+        return out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)

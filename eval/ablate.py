@@ -1,0 +1,110 @@
+"""Sampler ablation: every (sampler, ensemble) setting on the same slices with the same seeds.
+
+    python -m eval.ablate --task ct --data-root ../shared/data --split val --limit 20 \
+        --samplers ddpm:100,ddim:1,ddim:4,ddim:10,repaint:10x5 --ensemble 1,4 --out runs/ablation
+
+Writes results.csv (sampler,steps,nfe,ensemble,mae,seconds_per_image) and pareto.png. It reuses infer.py's
+code path (`infer.run_ct`): one way to sample and score.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import infer  # noqa: E402
+from diffusion.errors import UserError  # noqa: E402
+from diffusion.inference import RELEASED, CTInpainter  # noqa: E402
+from samplers import parse_spec  # noqa: E402
+
+COLUMNS = ["sampler", "steps", "nfe", "ensemble", "mae", "seconds_per_image"]
+
+
+def parse_list(text: str, parse, what: str):
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what}: empty list")
+    out = []
+    for item in items:
+        try:
+            out.append(parse(item.strip()))
+        except ValueError as exc:
+            raise UserError(f"--{what}: {exc}") from None
+    return out
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"ensemble size must be >= 1, got {value}")
+    return value
+
+
+def plot_pareto(rows: list[dict], path: Path, metric: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ens in sorted({r["ensemble"] for r in rows}):
+        pts = [r for r in rows if r["ensemble"] == ens]
+        ax.scatter([r["seconds_per_image"] for r in pts], [r[metric] for r in pts], label=f"ensemble {ens}")
+        for r in pts:
+            ax.annotate(r["sampler"], (r["seconds_per_image"], r[metric]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.axvline(10, color="red", lw=0.8, ls="--", label="10 s budget")
+    ax.set(xlabel="seconds per image (log)", ylabel=metric.upper(), title="sampler ablation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--samplers", required=True, help="comma-separated NAME:STEPS specs (repaint: STEPSxJUMPS)")
+    p.add_argument("--ensemble", default="1", help="comma-separated ensemble sizes")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--split", default="val", choices=["all", "train", "val"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.task != "ct":
+        raise UserError("task 'tumor' has no model in this repository yet")
+    specs = parse_list(args.samplers, parse_spec, "samplers")
+    ensembles = parse_list(args.ensemble, positive_int, "ensemble")
+    inpainter = CTInpainter.from_checkpoint(args.checkpoint or RELEASED["ct"], device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    settings = [(s, e) for s in specs for e in ensembles]
+    for spec, ens in tqdm(settings, desc="settings"):
+        metrics = infer.run_ct(args, inpainter, spec, ens, out=None, progress=False)
+        row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
+               "mae": round(metrics.get("mae", float("nan")), 4),
+               "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}
+        rows.append(row)
+        tqdm.write(", ".join(f"{k}={v}" for k, v in row.items()))
+        with open(out / "results.csv", "w", newline="") as f:  # rewritten after every setting
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    plot_pareto(rows, out / "pareto.png", "mae")
+    print(f"wrote {out / 'results.csv'} and {out / 'pareto.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

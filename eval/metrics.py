@@ -1,0 +1,19 @@
+"""Metrics: per-image MAE (the competition's CT score) and timing summaries."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional import mean_absolute_error
+
+
+def image_mae(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """MAE over the whole image in grey levels; the prediction is rounded to uint8 as it would be submitted."""
+    pred = torch.from_numpy(np.clip(np.rint(prediction), 0, 255).astype(np.float32))
+    return float(mean_absolute_error(pred, torch.from_numpy(truth.astype(np.float32))))
+
+
+def timing_summary(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"mean": 0.0, "p95": 0.0, "max": 0.0}
+    arr = np.asarray(seconds)
+    return {"mean": float(arr.mean()), "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}

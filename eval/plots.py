@@ -1,0 +1,56 @@
+"""Figures: training curves, sample grids and the inference overview."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(metrics_path: Path, out_path: Path) -> None:
+    """Training loss and validation MAE against step, from metrics.jsonl."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_mae"]) for r in rows if "val_mae" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    if train:
+        s, v = zip(*train)
+        axes[0].plot(s, v, lw=0.8)
+    axes[0].set(xlabel="step", ylabel="training loss", title="loss")
+    if train and min(v for _, v in train) > 0:
+        axes[0].set_yscale("log")
+    if val:
+        s, v = zip(*val)
+        axes[1].plot(s, v, "o-")
+    axes[1].set(xlabel="step", ylabel="MAE (grey levels)", title="validation MAE (EMA)")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+
+
+def plot_cases(out_path: Path, columns: list[str], rows: list[list[np.ndarray]], row_titles: list[str],
+               cmaps: list[str] | None = None) -> None:
+    """A grid: one row per case, one column per image kind (e.g. corrupted, prediction, truth, error)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    n_rows, n_cols = len(rows), len(columns)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows), squeeze=False)
+    cmaps = cmaps or ["gray"] * n_cols
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            if image is not None:
+                vmax = 255 if cmaps[c] == "gray" else max(float(np.max(image)), 1e-6)
+                ax.imshow(image, cmap=cmaps[c], vmin=0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""Inference on a folder in the competition layout.
+
+    python infer.py --task ct --data-root ../shared/data --limit 20 --out out/ct
+    python infer.py --task ct --data-root ../shared/data --split val --sampler ddim --steps 4 --ensemble 4
+
+Writes one prediction PNG per input (competition format), overview.png and metrics.json.
+Without --checkpoint it uses the released checkpoint of the task in checkpoints/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion.data import list_ct_ids, load_ct_slices, resolve_task_root, split_indices
+from diffusion.data.images import write_png
+from diffusion.errors import UserError
+from diffusion.inference import RELEASED, CTInpainter, to_uint8
+from eval.metrics import image_mae, timing_summary
+from eval.plots import plot_cases
+from samplers import SAMPLERS, SamplerSpec, parse_spec
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
+    p.add_argument("--checkpoint", default=None, help="slim .safetensors checkpoint (default: the released one)")
+    p.add_argument("--out", default=None, help="output folder (default out/<task>)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--sampler", default=None, help=f"one of {', '.join(SAMPLERS)} (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--jumps", type=int, default=None, help="RePaint jump_n_sample (default 10)")
+    p.add_argument("--ensemble", type=int, default=None, help="samples per input, median-reduced")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="all", choices=["all", "train", "val"],
+                   help="restrict to the checkpoint's patient-level split (default: every input)")
+    return p.parse_args(argv)
+
+
+def resolve_spec(model_spec: SamplerSpec, sampler: str | None, steps: int | None, jumps: int | None) -> SamplerSpec:
+    name = sampler or model_spec.name
+    if steps is None:
+        steps = model_spec.steps if name == model_spec.name else {"ddpm": 1000, "ddim": 50, "repaint": 50}.get(name, 1)
+    text = f"{name}:{steps}" + (f"x{jumps or 10}" if name == "repaint" else "")
+    try:
+        return parse_spec(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: Path, progress: bool = True) -> dict:
+    root, where = resolve_task_root("ct", args.data_root)
+    if progress:
+        print(where, file=sys.stderr)
+    ids = list_ct_ids(root)
+    if args.split != "all":
+        dc = inpainter.config["data"]
+        keep = split_indices([i.split("_")[0] for i in ids], dc["val_patients"], dc["split_seed"], args.split)
+        ids = [ids[i] for i in keep]
+    ids = ids[: args.limit] if args.limit else ids
+    slices = load_ct_slices(root, ids, progress=progress)
+    has_truth = slices.ct is not None
+    cases, seconds, overview_rows, titles = [], [], [], []
+    for i in tqdm(range(len(slices)), desc=f"inpainting ({spec}, E={ensemble})", disable=not progress):
+        start = time.perf_counter()
+        pred = inpainter.predict_batch(slices.corrupted[i:i + 1], slices.missing_mask[i:i + 1], slices.tissue[i:i + 1],
+                                       slices.vertebra[i:i + 1], spec=spec, ensemble=ensemble,
+                                       seeds=[args.seed * 100003 + i])[0]
+        image = to_uint8(pred.image)
+        seconds.append(time.perf_counter() - start)
+        if out is not None:
+            write_png(out / "reconstructed" / f"reconstructed_{slices.ids[i]}.png", image)
+        case = {"id": slices.ids[i], "seconds": seconds[-1]}
+        if has_truth:
+            case["mae"] = image_mae(image, slices.ct[i])
+        cases.append(case)
+        if len(overview_rows) < 4:
+            error = np.abs(image.astype(np.float32) - slices.ct[i]) if has_truth else None
+            overview_rows.append([slices.corrupted[i], image, slices.ct[i] if has_truth else None, error,
+                                  pred.uncertainty])
+            titles.append(slices.ids[i] + (f" MAE {case['mae']:.2f}" if has_truth else ""))
+    metrics = {"task": "ct", "n": len(cases), "checkpoint": inpainter.checkpoint, "sampler": str(spec),
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "split": args.split,
+               "seconds_per_image": timing_summary(seconds)}
+    if has_truth:
+        metrics["mae"] = float(np.mean([c["mae"] for c in cases]))
+    metrics["cases"] = cases
+    if out is not None:
+        plot_cases(out / "overview.png", ["corrupted", "prediction", "truth", "|error|", "uncertainty"], overview_rows,
+                   titles, ["gray", "gray", "gray", "magma", "viridis"])
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.task == "tumor":
+        raise UserError("task 'tumor' has no model in this repository yet (see the tumor segmentation issue)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    checkpoint = args.checkpoint or RELEASED[args.task]
+    inpainter = CTInpainter.from_checkpoint(checkpoint, device=args.device)
+    model_spec, model_ensemble = inpainter.default_spec()
+    spec = resolve_spec(model_spec, args.sampler, args.steps, args.jumps)
+    ensemble = args.ensemble or model_ensemble
+    if ensemble < 1:
+        raise UserError(f"--ensemble must be >= 1, got {ensemble}")
+    out = Path(args.out or f"out/{args.task}")
+    metrics = run_ct(args, inpainter, spec, ensemble, out)
+    summary = {k: v for k, v in metrics.items() if k != "cases"}
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {metrics['n']} predictions, overview.png and metrics.json to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,54 @@
+"""Deterministic DDIM (Song et al., ICLR 2021, eq. 12 with eta = 0), and ancestral DDPM over any subset of the
+training timesteps (Ho et al. 2020, Algorithm 2, with the posterior of the spaced chain)."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from samplers.known import replace_known
+
+
+def _abar(model, t: int) -> torch.Tensor:
+    return model.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+
+
+@torch.no_grad()
+def sample_ddim(model, x, timesteps, extra_args=None, callback=None, disable=None, known=None, generator=None):
+    """x: noise (N, C, H, W); timesteps: descending training timesteps. Returns x0."""
+    extra_args = extra_args or {}
+    timesteps = list(timesteps)
+    for i, t in enumerate(tqdm(timesteps, disable=disable if disable is not None else True, leave=False)):
+        x = replace_known(model, x, t, known, generator)
+        x0, eps = model(x, torch.tensor(t), **extra_args)
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        a_next = _abar(model, t_next)
+        x = x0 if t_next < 0 else a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x0})
+    return x
+
+
+def ddpm_step(model, x, x0, t: int, t_prev: int, generator=None):
+    """One ancestral step from timestep t to t_prev < t (t_prev = -1: return x0)."""
+    if t_prev < 0:
+        return x0
+    a_t, a_prev = _abar(model, t), _abar(model, t_prev)
+    beta = 1 - a_t / a_prev
+    mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
+    var = beta * (1 - a_prev) / (1 - a_t)
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return mean + var.sqrt() * noise
+
+
+@torch.no_grad()
+def sample_ddpm(model, x, timesteps, extra_args=None, callback=None, disable=None, known=None, generator=None):
+    """Ancestral sampling: x0 from the model, then a draw from q(x_{t_prev} | x_t, x0)."""
+    extra_args = extra_args or {}
+    timesteps = list(timesteps)
+    for i, t in enumerate(tqdm(timesteps, disable=disable if disable is not None else True, leave=False)):
+        x = replace_known(model, x, t, known, generator)
+        x0, _ = model(x, torch.tensor(t), **extra_args)
+        x = ddpm_step(model, x, x0, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1, generator)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x0})
+    return x

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from diffusion.checkpoint import latest_full_state, list_full_states, load_slim, save_full_state, save_slim
+from diffusion.config import DEFAULTS, load_config
+from diffusion.errors import CheckpointError, UserError
+from diffusion.inference import build_denoiser
+from tests.conftest import REPO
+
+
+def tiny_config():
+    return load_config(REPO / "configs/ct_tiny.yaml")
+
+
+def test_slim_round_trip(tmp_path):
+    config = tiny_config()
+    net = build_denoiser(config).net
+    save_slim(tmp_path / "m.safetensors", net.state_dict(), config, {"step": 7})
+    state, config2, extra = load_slim(tmp_path / "m.safetensors", expected_task="ct")
+    assert config2 == config and extra == {"step": 7}
+    net2 = build_denoiser(config2).net
+    net2.load_state_dict(state)
+    for (k, a), (_, b) in zip(net.state_dict().items(), net2.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-3), k  # stored as fp16
+
+
+def test_slim_wrong_task_and_corrupt_file(tmp_path):
+    config = tiny_config()
+    save_slim(tmp_path / "m.safetensors", build_denoiser(config).net.state_dict(), config)
+    with pytest.raises(CheckpointError, match="for task 'ct', not 'tumor'"):
+        load_slim(tmp_path / "m.safetensors", expected_task="tumor")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_slim(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_slim(tmp_path / "nope.safetensors")
+
+
+def test_full_state_round_trip_and_rotation(tmp_path):
+    for step in (1, 2, 3):
+        save_full_state(tmp_path, step, {"step": step, "w": torch.arange(3) * step}, keep=2)
+    assert [p.name for p in list_full_states(tmp_path)] == ["step_0000002.pt", "step_0000003.pt"]
+    state = torch.load(latest_full_state(tmp_path))
+    assert state["step"] == 3 and torch.equal(state["w"], torch.tensor([0, 3, 6]))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  bach_size: 3\n")
+    with pytest.raises(UserError, match="train.bach_size"):
+        load_config(tmp_path / "c.yaml")
+    assert load_config(REPO / "configs/ct_cpu.yaml")["train"]["mixed_precision"] == "bf16"
+    assert set(DEFAULTS) >= {"model", "diffusion", "train", "data", "sample"}

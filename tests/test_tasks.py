@@ -1,0 +1,80 @@
+import torch
+
+from diffusion.denoiser import Denoiser
+from diffusion.tasks import get_task
+
+
+class ConstantNet(torch.nn.Module):
+    """Outputs a fixed tensor whatever the input (to probe the loss)."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, class_labels=None):
+        return type("Out", (), {"sample": self.output + 0 * self.p})()
+
+
+def test_condition_shapes_and_values():
+    task = get_task("ct")
+    known = torch.full((2, 8, 8), 255, dtype=torch.uint8)
+    missing = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    missing[:, :4] = 1
+    tissue = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    tissue[:, 2:6] = 100
+    tissue[:, 6:] = 255
+    cond = task.condition(known, missing, tissue)
+    assert cond.shape == (2, task.cond_channels, 8, 8)
+    assert torch.all(cond[:, 0, :4] == 0) and torch.all(cond[:, 0, 4:] == 1)  # known pixels only, in [-1, 1]
+    assert torch.equal(cond[:, 1], missing.float())
+    assert torch.equal(cond[:, 2], (tissue > 0).float())
+    assert torch.equal(cond[:, 3], (tissue == 255).float())
+
+
+def test_finalize_keeps_known_pixels_and_zeroes_outside_body():
+    task = get_task("ct")
+    known = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
+    missing = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    missing[:, ::2] = 1
+    tissue = torch.full((1, 8, 8), 100, dtype=torch.uint8)
+    tissue[:, :, :2] = 0
+    out = task.finalize(torch.zeros(1, 1, 8, 8), known, missing, tissue)  # x0 = 0 -> grey 127.5
+    inside = tissue > 0
+    assert torch.equal(out[(missing == 0) & inside], known[(missing == 0) & inside].float())
+    assert torch.all(out[(missing == 1) & inside] == 127.5)
+    assert torch.all(out[~inside] == 0)
+
+
+def test_loss_ignores_pixels_with_zero_weight():
+    weight = torch.zeros(2, 1, 8, 8)
+    weight[:, :, :4] = 1
+    x0 = torch.zeros(2, 1, 8, 8)
+    cond = torch.zeros(2, 4, 8, 8)
+    base = torch.zeros(2, 1, 8, 8)
+    changed = base.clone()
+    changed[:, :, 4:] = 5.0  # only where the weight is 0
+    t = torch.tensor([10, 900])
+    losses = []
+    for output in (base, changed):
+        d = Denoiser(ConstantNet(output), prediction_type="sample", loss="l1")
+        losses.append(d.loss(x0, cond, None, weight, t=t, noise=torch.zeros_like(x0)))
+    assert torch.allclose(losses[0], losses[1])
+    changed[:, :, 0] = 1.0  # now a weighted pixel differs
+    d = Denoiser(ConstantNet(changed), prediction_type="sample", loss="l1")
+    assert torch.all(d.loss(x0, cond, None, weight, t=t, noise=torch.zeros_like(x0)) > losses[0])
+
+
+def test_parameterisations_recover_x0():
+    """Whatever the network predicts, forward() turns an exact prediction back into x0."""
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    noise = torch.randn(3, 1, 4, 4)
+    t = torch.tensor([5, 500, 990])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        d = Denoiser(ConstantNet(torch.zeros(1)), prediction_type=kind)
+        a, s = d.alpha_sigma(t)
+        exact = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[kind]
+        d.net.output = exact
+        x_t = d.add_noise(x0, noise, t)
+        x0_hat, eps_hat = d(x_t, t, torch.zeros(3, 0, 4, 4))
+        assert torch.allclose(x0_hat, x0, atol=1e-3), kind

@@ -1,0 +1,230 @@
+"""Train a conditional diffusion model (CT inpainting) with one accelerate loop.
+
+    python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu
+    python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu --resume latest
+    accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
+    accelerate launch --cpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
+
+The run folder gets: config.yaml (resolved), metrics.jsonl, curves.png, samples/step_*.png,
+checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetensors (slim EMA, by validation MAE).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from diffusion.checkpoint import latest_full_state, save_full_state, save_slim
+from diffusion.config import dump_config, load_config
+from diffusion.data import CTTrainDataset, load_ct_slices, resolve_task_root, split_indices
+from diffusion.errors import UserError
+from diffusion.inference import CTInpainter, build_denoiser, to_uint8
+from diffusion.tasks import get_task
+from eval.metrics import image_mae
+from eval.plots import plot_cases, plot_curves
+
+
+class TrainingLoss(torch.nn.Module):
+    """Routes the loss through forward() so DDP sees (and synchronises) it."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, target, cond, class_labels, weight):
+        return self.denoiser.loss(target, cond, class_labels, weight)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML experiment config")
+    p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", default=None, help="'latest' or a path to a full-state checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
+    return p.parse_args(argv)
+
+
+def validation_subset(slices, n: int):
+    """n slices spread over as many validation patients as possible, in a fixed order."""
+    by_patient: dict[str, list[int]] = {}
+    for i, p in enumerate(slices.patients):
+        by_patient.setdefault(p, []).append(i)
+    chosen, rank = [], 0
+    while len(chosen) < min(n, len(slices)):
+        for p in sorted(by_patient):
+            idx = by_patient[p]
+            if rank < len(idx) and len(chosen) < n:
+                chosen.append(idx[(rank * 5 + 3) % len(idx)] if rank == 0 else idx[rank])
+        rank += 1
+    return slices.subset(sorted(set(chosen)))
+
+
+def validate(inpainter: CTInpainter, val, step: int, run: Path) -> float:
+    preds = inpainter.predict_batch(val.corrupted, val.missing_mask, val.tissue, val.vertebra,
+                                    seeds=list(range(len(val))))
+    maes = [image_mae(p.image, t) for p, t in zip(preds, val.ct)]
+    show = range(min(4, len(val)))
+    rows = [[val.corrupted[i], to_uint8(preds[i].image), val.ct[i], np.abs(preds[i].image - val.ct[i])] for i in show]
+    plot_cases(run / "samples" / f"step_{step:07d}.png", ["corrupted", "prediction", "truth", "|error|"], rows,
+               [f"{val.ids[i]} MAE {maes[i]:.2f}" for i in show], ["gray", "gray", "gray", "magma"])
+    return float(np.mean(maes))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config)
+    if args.max_steps is not None:
+        config["train"]["max_steps"] = args.max_steps
+    tc = config["train"]
+    run = Path(args.out or f"runs/{Path(args.config).stem}")
+    # cpu=True without CUDA: several processes started by a launcher (torchrun, or `accelerate launch --multi_gpu`)
+    # then form a gloo process group instead of each training alone.
+    accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=tc["grad_accum"],
+                              cpu=not torch.cuda.is_available())
+    main_proc = accelerator.is_main_process
+    set_seed(config["seed"] + accelerator.process_index)
+    task = get_task(config["task"])
+
+    root, where = resolve_task_root(config["task"], args.data_root)
+    slices = load_ct_slices(root, need_truth=True, progress=main_proc)
+    dc = config["data"]
+    train_idx = split_indices(slices.patients, dc["val_patients"], dc["split_seed"], "train")
+    val_idx = split_indices(slices.patients, dc["val_patients"], dc["split_seed"], "val")
+    train_set = CTTrainDataset(slices.subset(train_idx), crop_size=dc["crop_size"],
+                               generated_mask_prob=dc["generated_mask_prob"], flip=dc["flip"], seed=config["seed"])
+    val = validation_subset(slices.subset(val_idx), tc["val_slices"]) if len(val_idx) else None
+
+    denoiser = build_denoiser(config)
+    if tc["channels_last"]:
+        denoiser.net.to(memory_format=torch.channels_last)
+    ema = EMAModel(denoiser.net.parameters(), decay=tc["ema_decay"], use_ema_warmup=True, power=0.75)
+    optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    lr_scheduler = get_scheduler(tc.get("lr_schedule", "cosine"), optimizer, num_warmup_steps=tc["warmup_steps"],
+                                 num_training_steps=tc["max_steps"])
+    per_device = max(1, tc["batch_size"] // (accelerator.num_processes * tc["grad_accum"]))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, drop_last=True,
+                                         num_workers=tc["num_workers"])
+    loss_module = TrainingLoss(denoiser)
+    loss_module, optimizer, loader, lr_scheduler = accelerator.prepare(loss_module, optimizer, loader, lr_scheduler)
+
+    step, epoch, best_mae = 0, 0, math.inf
+    ckpt_dir = run / "checkpoints"
+    if args.resume:
+        path = latest_full_state(ckpt_dir) if args.resume == "latest" else Path(args.resume)
+        if path is None or not path.is_file():
+            raise UserError(f"--resume {args.resume}: no full-state checkpoint in {ckpt_dir}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["config"]["model"] != config["model"] or state["config"]["task"] != config["task"]:
+            raise UserError(f"--resume {path}: its model/task config differs from {args.config}")
+        denoiser.net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step, epoch, best_mae = state["step"], state["epoch"] + 1, state["best_mae"]
+        if main_proc:
+            print(f"resumed from {path} at step {step}")
+
+    if main_proc:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(dump_config(config))
+        print(where)
+        print(f"train {len(train_idx)} slices / val {len(val_idx)} slices ({dc['val_patients']} patients); "
+              f"{sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
+              f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_device}/process")
+        print(dump_config(config))
+    eval_inpainter = CTInpainter(build_denoiser(config), config, device=accelerator.device,
+                                 bf16=tc["mixed_precision"] == "bf16") if main_proc and val is not None else None
+
+    def write_checkpoints():
+        if not main_proc:
+            return
+        save_full_state(ckpt_dir, step, {
+            "model": accelerator.unwrap_model(loss_module).denoiser.net.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step,
+            "epoch": epoch, "best_mae": best_mae, "config": config}, keep=tc["keep_checkpoints"])
+        save_slim(run / "last.safetensors", ema_state_dict(), config, {"step": step})
+
+    def ema_state_dict():
+        net = eval_inpainter.denoiser.net if eval_inpainter else build_denoiser(config).net
+        ema.copy_to(net.parameters())
+        return net.state_dict()
+
+    metrics = open(run / "metrics.jsonl", "a") if main_proc else None
+    start, seen, last_log = time.time(), 0, time.time()
+    bar = tqdm(total=tc["max_steps"], initial=step, disable=not main_proc, desc="training")
+    stop = step >= tc["max_steps"]
+    while not stop:
+        train_set.set_epoch(epoch)
+        for batch in loader:
+            with accelerator.accumulate(loss_module):
+                target, cond, labels, weight = task.training_batch(batch)
+                with accelerator.autocast():
+                    loss = loss_module(target, cond, labels, weight).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(loss_module.parameters(), tc["grad_clip"])
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += target.shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(accelerator.unwrap_model(loss_module).denoiser.net.parameters())
+            step += 1
+            bar.update(1)
+            if main_proc and step % tc["log_every"] == 0:
+                now = time.time()
+                row = {"step": step, "loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0],
+                       "images_per_s": seen / (now - last_log), "elapsed_s": now - start}
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
+                seen, last_log = 0, now
+            out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
+            stop = step >= tc["max_steps"] or out_of_time
+            if main_proc and eval_inpainter is not None and (step % tc["val_every"] == 0 or stop):
+                ema.copy_to(eval_inpainter.denoiser.net.parameters())
+                mae = validate(eval_inpainter, val, step, run)
+                metrics.write(json.dumps({"step": step, "val_mae": mae}) + "\n")
+                metrics.flush()
+                if mae < best_mae:
+                    best_mae = mae
+                    save_slim(run / "best.safetensors", eval_inpainter.denoiser.net.state_dict(), config,
+                              {"step": step, "val_mae": mae})
+                plot_curves(run / "metrics.jsonl", run / "curves.png")
+                tqdm.write(f"step {step}: validation MAE {mae:.3f} (best {best_mae:.3f})")
+                last_log = time.time()
+            if step % tc["checkpoint_every"] == 0 or stop:
+                write_checkpoints()
+            accelerator.wait_for_everyone()
+            if stop:
+                break
+        epoch += 1
+    bar.close()
+    if main_proc:
+        metrics.close()
+        plot_curves(run / "metrics.jsonl", run / "curves.png")
+        print(f"done at step {step}; run folder {run}")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
