@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion.data import list_ct_ids, load_ct_slices, resolve_task_root, split_indices
+from diffusion.data import list_ct_ids, resolve_task_root, split_indices
+from diffusion.data.ct import read_slice
 from diffusion.data.images import write_png
 from diffusion.errors import UserError
 from diffusion.inference import RELEASED, CTInpainter, to_uint8
@@ -66,27 +67,26 @@ def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: 
         keep = split_indices([i.split("_")[0] for i in ids], dc["val_patients"], dc["split_seed"], args.split)
         ids = [ids[i] for i in keep]
     ids = ids[: args.limit] if args.limit else ids
-    slices = load_ct_slices(root, ids, progress=progress)
-    has_truth = slices.ct is not None
+    has_truth = (root / "ct").is_dir()
     cases, seconds, overview_rows, titles = [], [], [], []
-    for i in tqdm(range(len(slices)), desc=f"inpainting ({spec}, E={ensemble})", disable=not progress):
-        start = time.perf_counter()
-        pred = inpainter.predict_batch(slices.corrupted[i:i + 1], slices.missing_mask[i:i + 1], slices.tissue[i:i + 1],
-                                       slices.vertebra[i:i + 1], spec=spec, ensemble=ensemble,
-                                       seeds=[args.seed * 100003 + i])[0]
+    for i, sid in enumerate(tqdm(ids, desc=f"inpainting ({spec}, E={ensemble})", disable=not progress)):
+        start = time.perf_counter()  # the time a served request would take: reading the PNGs included
+        item = read_slice(root, sid, has_truth)  # one slice at a time: memory does not grow with the data set
+        pred = inpainter.predict_batch(item["corrupted"][None], (item["mask"][None] > 0).astype(np.uint8),
+                                       item["tissue"][None], np.array([item["vertebra"]]), spec=spec,
+                                       ensemble=ensemble, seeds=[args.seed * 100003 + i])[0]
         image = to_uint8(pred.image)
         seconds.append(time.perf_counter() - start)
         if out is not None:
-            write_png(out / "reconstructed" / f"reconstructed_{slices.ids[i]}.png", image)
-        case = {"id": slices.ids[i], "seconds": seconds[-1]}
+            write_png(out / "reconstructed" / f"reconstructed_{sid}.png", image)
+        case = {"id": sid, "seconds": seconds[-1]}
         if has_truth:
-            case["mae"] = image_mae(image, slices.ct[i])
+            case["mae"] = image_mae(image, item["ct"])
         cases.append(case)
         if len(overview_rows) < 4:
-            error = np.abs(image.astype(np.float32) - slices.ct[i]) if has_truth else None
-            overview_rows.append([slices.corrupted[i], image, slices.ct[i] if has_truth else None, error,
-                                  pred.uncertainty])
-            titles.append(slices.ids[i] + (f" MAE {case['mae']:.2f}" if has_truth else ""))
+            error = np.abs(image.astype(np.float32) - item["ct"]) if has_truth else None
+            overview_rows.append([item["corrupted"], image, item.get("ct"), error, pred.uncertainty])
+            titles.append(sid + (f" MAE {case['mae']:.2f}" if has_truth else ""))
     metrics = {"task": "ct", "n": len(cases), "checkpoint": inpainter.checkpoint, "sampler": str(spec),
                "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "split": args.split,
                "seconds_per_image": timing_summary(seconds)}

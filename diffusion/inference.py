@@ -72,8 +72,9 @@ class CTInpainter:
     @torch.no_grad()
     def predict_batch(self, corrupted: np.ndarray, missing_mask: np.ndarray, tissue: np.ndarray,
                       vertebra: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                      seeds: list[int] | None = None) -> list[Prediction]:
-        """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble."""
+                      seeds: list[int] | None = None, callback=None) -> list[Prediction]:
+        """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble.
+        `callback(state)` is called after every sampler step (it may raise to stop sampling)."""
         default_spec, default_ensemble = self.default_spec()
         spec = spec or default_spec
         ensemble = ensemble or default_ensemble
@@ -94,7 +95,7 @@ class CTInpainter:
         timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
         with autocast_for(self.device, self.bf16):
             x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps, extra_args={"cond": cond_e, "class_labels": labels_e},
-                                     known=known, generator=generator, **spec.knobs())
+                                     known=known, generator=generator, callback=callback, **spec.knobs())
         x0 = x0.float().cpu()
         grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))  # (N*E, H, W)
         grey = grey.view(n, ensemble, *grey.shape[-2:])

@@ -1,0 +1,116 @@
+"""serve.py through FastAPI's test client: exact formats, bad inputs, the deadline."""
+import base64
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import serve
+from diffusion.data.images import decode_png, encode_png
+from diffusion.inference import CTInpainter
+from tests.conftest import make_ct_slice
+
+
+def b64(image: np.ndarray) -> str:
+    return base64.b64encode(encode_png(image)).decode()
+
+
+@pytest.fixture(scope="module")
+def slice_request():
+    ct, corrupted, mask, tissue = make_ct_slice(np.random.default_rng(3))
+    return {"corrupted_image": b64(corrupted), "tissue_image": b64(tissue), "mask_image": b64(mask), "vertebrae": 12}
+
+
+@pytest.fixture(scope="module")
+def client(trained_tiny):
+    service = serve.CTService(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    with TestClient(serve.create_app(service, budget_s=8.0)) as c:
+        yield c
+
+
+def test_index_and_api(client):
+    assert "running" in client.get("/").json()["message"]
+    body = client.get("/api").json()
+    assert body["service"] == "ct-inpainting" and "uptime" in body
+
+
+def test_good_request_round_trips_in_competition_format(client, slice_request):
+    r = client.post("/predict", json=slice_request)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"reconstructed_image"}
+    image = decode_png(base64.b64decode(r.json()["reconstructed_image"]))
+    assert image.shape == (256, 256) and image.dtype == np.uint8
+    corrupted = decode_png(base64.b64decode(slice_request["corrupted_image"]))
+    mask = decode_png(base64.b64decode(slice_request["mask_image"]))
+    tissue = decode_png(base64.b64decode(slice_request["tissue_image"]))
+    assert np.array_equal(image[mask == 0], corrupted[mask == 0]) and np.all(image[tissue == 0] == 0)
+    assert "E=" in r.headers["x-sampler"]
+
+
+def _bad_cases(good):
+    grey = np.zeros((256, 256), np.uint8)
+    return {
+        "corrupted_image: not valid base64": {**good, "corrupted_image": "%%%not base64%%%"},
+        "tissue_image: not a PNG": {**good, "tissue_image": base64.b64encode(b"GIF89a....").decode()},
+        "mask_image: expected 256x256": {**good, "mask_image": b64(np.zeros((128, 256), np.uint8))},
+        "mask_image: values must be only 0 and 255": {**good, "mask_image": b64(grey + 7)},
+        "tissue_image: values must be only 0, 100 and 255": {**good, "tissue_image": b64(grey + 50)},
+        "vertebrae:": {**good, "vertebrae": "L3"},
+        "vertebrae: 40 out of range": {**good, "vertebrae": 40},
+        "mask_image: Field required": {k: v for k, v in good.items() if k != "mask_image"},
+    }
+
+
+def test_each_bad_input_is_a_4xx_naming_the_field_and_the_server_keeps_serving(client, slice_request):
+    for message, body in _bad_cases(slice_request).items():
+        r = client.post("/predict", json=body)
+        assert 400 <= r.status_code < 500, (message, r.status_code)
+        assert message in r.json()["detail"], (message, r.json())
+        assert client.get("/").status_code == 200
+
+
+def test_oversized_body_is_413(client):
+    r = client.post("/predict", content=b"x" * (serve.MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+    assert client.get("/").status_code == 200
+
+
+def test_server_error_is_500_with_request_id(trained_tiny, slice_request):
+    service = serve.CTService(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    app = serve.create_app(service, seconds_per_nfe=0.01)
+    service.predict = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    with TestClient(app) as c:
+        r = c.post("/predict", json=slice_request)
+        assert r.status_code == 500 and "request id" in r.json()["detail"]
+        assert c.get("/").status_code == 200
+
+
+def test_deadline_degrades_instead_of_overrunning(trained_tiny, slice_request):
+    """Each network evaluation made to take 0.3 s: the default (ddim:2, ensemble 2) would take 1.2 s; with a
+    0.5 s budget the service must drop to one member and one step."""
+    inpainter = CTInpainter.from_checkpoint(trained_tiny / "last.safetensors")
+    forward = inpainter.denoiser.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.3)
+        return forward(*args, **kwargs)
+
+    inpainter.denoiser.forward = slow_forward
+    app = serve.create_app(serve.CTService(inpainter), budget_s=0.5)
+    assert app.state.deadline.seconds_per_nfe >= 0.3  # measured at start-up
+    with TestClient(app) as c:
+        r = c.post("/predict", json=slice_request)
+    assert r.status_code == 200
+    assert r.headers["x-sampler"] == "ddim:1 E=1"  # 1 evaluation instead of the default's 4
+    assert float(r.headers["x-seconds"]) >= 0.3      # the slow model was really used
+
+
+def test_deadline_plan_keeps_the_default_when_it_fits():
+    from samplers import SamplerSpec
+
+    d = serve.Deadline(8.0, 0.1)
+    assert str(d.plan(SamplerSpec("ddim", 4), 4)) == "ddim:4 E=4"          # 1.6 s
+    assert str(d.plan(SamplerSpec("ddim", 50), 4)) == "ddim:50 E=1"        # 5 s with one member
+    assert str(d.plan(SamplerSpec("ddim", 200), 1)) == "ddim:50 E=1"       # halved until it fits
+    assert d.plan(SamplerSpec("repaint", 50, 10), 1).spec.nfe * 0.1 <= 8.0
