@@ -2,6 +2,7 @@
 
     python infer.py --task ct --data-root ../shared/data --limit 20 --out out/ct
     python infer.py --task ct --data-root ../shared/data --split val --sampler ddim --steps 4 --ensemble 4
+    python infer.py --task tumor --data-root ../shared/data --split val --ensemble 3
 
 Writes one prediction PNG per input (competition format), overview.png and metrics.json.
 Without --checkpoint it uses the released checkpoint of the task in checkpoints/.
@@ -22,8 +23,9 @@ from diffusion.data import list_ct_ids, resolve_task_root, split_indices
 from diffusion.data.ct import read_slice
 from diffusion.data.images import write_png
 from diffusion.errors import UserError
-from diffusion.inference import RELEASED, CTInpainter, to_uint8
-from eval.metrics import image_mae, timing_summary
+from diffusion.data.tumor import list_tumor_cases, read_tumor_case
+from diffusion.inference import RELEASED, CTInpainter, TumorSegmenter, load_predictor, to_uint8
+from eval.metrics import dice_score, image_mae, timing_summary, tp_fp_fn
 from eval.plots import plot_cases
 from samplers import SAMPLERS, SamplerSpec, parse_spec
 
@@ -43,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="all", choices=["all", "train", "val"],
                    help="restrict to the checkpoint's patient-level split (default: every input)")
+    p.add_argument("--include-controls", action="store_true",
+                   help="tumor: also segment the healthy controls (their truth is an empty mask)")
     return p.parse_args(argv)
 
 
@@ -100,21 +104,90 @@ def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: 
     return metrics
 
 
+def outcome_colours(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """RGB: true positives white, false positives red, false negatives blue."""
+    p, t = prediction > 0, truth > 0
+    rgb = np.zeros((*p.shape, 3), np.uint8)
+    rgb[p & t], rgb[p & ~t], rgb[~p & t] = (255, 255, 255), (230, 40, 40), (40, 90, 255)
+    return rgb
+
+
+def run_tumor(args, segmenter: TumorSegmenter, spec: SamplerSpec, ensemble: int, out: Path | None,
+              progress: bool = True) -> dict:
+    root, where = resolve_task_root("tumor", args.data_root)
+    if progress:
+        print(where, file=sys.stderr)
+    cases = list_tumor_cases(root, include_controls=getattr(args, "include_controls", False))
+    if args.split != "all":
+        dc = segmenter.config["data"]
+        patients = [c for c in cases if not c[3]]
+        keep = set(split_indices([c[0] for c in patients], dc["val_patients"], dc["split_seed"], args.split))
+        cases = [c for i, c in enumerate(patients) if i in keep] + [c for c in cases if c[3]]
+    cases = cases[: args.limit] if args.limit else cases
+    has_truth = all(c[2] is not None and c[2].is_file() or c[3] for c in cases)
+    results, seconds, overview_rows, titles = [], [], [], []
+    counts = {"low": [0, 0], "high": [0, 0]}  # [errors, pixels] on low / high uncertainty pixels
+    for i, (cid, image_path, label_path, control) in enumerate(
+            tqdm(cases, desc=f"segmenting ({spec}, E={ensemble})", disable=not progress)):
+        start = time.perf_counter()
+        image, label = read_tumor_case(image_path, label_path if has_truth and not control else None)
+        pred = segmenter.predict(image, spec=spec, ensemble=ensemble, seed=args.seed * 100003 + i)
+        seconds.append(time.perf_counter() - start)
+        if out is not None:
+            name = f"segmentation_{cid.split('_')[1]}.png" if not control else f"{cid}_segmentation.png"
+            write_png(out / "predictions" / name, np.repeat(pred.image[..., None], 3, 2))
+        case = {"id": cid, "seconds": seconds[-1], "control": control}
+        if has_truth:
+            truth = label if label is not None else np.zeros_like(image)
+            case["dice"] = dice_score(pred.image, truth)
+            case["tp"], case["fp"], case["fn"] = tp_fp_fn(pred.image, truth)
+            wrong = (pred.image > 0) != (truth > 0)
+            high = pred.uncertainty > 0.1
+            for key, where_ in (("low", ~high), ("high", high)):
+                counts[key][0] += int(wrong[where_].sum())
+                counts[key][1] += int(where_.sum())
+        results.append(case)
+        if len(overview_rows) < 4:
+            truth_img = (label * 255 if label is not None else None) if has_truth else None
+            outcome = outcome_colours(pred.image, label if label is not None else np.zeros_like(image)) \
+                if has_truth else pred.image
+            overview_rows.append([image, truth_img, outcome, pred.uncertainty])
+            titles.append(cid + (f" Dice {case['dice']:.2f}" if has_truth else ""))
+    metrics = {"task": "tumor", "n": len(results), "checkpoint": segmenter.checkpoint, "sampler": str(spec),
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "threshold": segmenter.threshold,
+               "split": args.split, "seconds_per_image": timing_summary(seconds)}
+    if has_truth:
+        scored = [c for c in results if not c["control"]] or results
+        metrics["dice"] = float(np.mean([c["dice"] for c in scored]))  # per image, then averaged (patients only)
+        metrics["uncertainty"] = {f"error_rate_{k}": (e / n if n else None) for k, (e, n) in counts.items()}
+        metrics["uncertainty"]["high_share"] = counts["high"][1] / max(1, counts["high"][1] + counts["low"][1])
+    metrics["cases"] = results
+    if out is not None:
+        plot_cases(out / "overview.png", ["PET", "truth", "prediction (TP white, FP red, FN blue)", "uncertainty"],
+                   overview_rows, titles, ["gray", "gray", "rgb", "viridis"])
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def run_task(args, predictor, spec: SamplerSpec, ensemble: int, out: Path | None, progress: bool = True) -> dict:
+    """The one way to sample and score, shared by infer.py and eval.ablate."""
+    if isinstance(predictor, CTInpainter):
+        return run_ct(args, predictor, spec, ensemble, out, progress)
+    return run_tumor(args, predictor, spec, ensemble, out, progress)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.task == "tumor":
-        raise UserError("task 'tumor' has no model in this repository yet (see the tumor segmentation issue)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
-    checkpoint = args.checkpoint or RELEASED[args.task]
-    inpainter = CTInpainter.from_checkpoint(checkpoint, device=args.device)
-    model_spec, model_ensemble = inpainter.default_spec()
+    predictor = load_predictor(args.task, args.checkpoint or RELEASED[args.task], device=args.device)
+    model_spec, model_ensemble = predictor.default_spec()
     spec = resolve_spec(model_spec, args.sampler, args.steps, args.jumps)
     ensemble = args.ensemble or model_ensemble
     if ensemble < 1:
         raise UserError(f"--ensemble must be >= 1, got {ensemble}")
     out = Path(args.out or f"out/{args.task}")
-    metrics = run_ct(args, inpainter, spec, ensemble, out)
+    metrics = run_task(args, predictor, spec, ensemble, out)
     summary = {k: v for k, v in metrics.items() if k != "cases"}
     print(json.dumps(summary, indent=1))
     print(f"wrote {metrics['n']} predictions, overview.png and metrics.json to {out}", file=sys.stderr)

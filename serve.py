@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from diffusion.data.ct import NUM_VERTEBRA_LEVELS, SIZE
 from diffusion.data.images import decode_png, encode_png
+from diffusion.data.tumor import MAX_HEIGHT, MAX_WIDTH
 from diffusion.errors import DataError, UserError
 from samplers import SamplerSpec
 
@@ -49,6 +50,14 @@ class CTRequest(BaseModel):
 
 class CTResponse(BaseModel):
     reconstructed_image: str
+
+
+class TumorRequest(BaseModel):
+    img: str
+
+
+class TumorResponse(BaseModel):
+    img: str
 
 
 class Cancelled(Exception):
@@ -155,8 +164,44 @@ class CTService:
         return min(times)
 
 
+class TumorService:
+    name = "tumor-segmentation"
+    request_model, response_model = TumorRequest, TumorResponse
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+
+    def parse(self, req: TumorRequest) -> dict:
+        rgb = decode_field(req.img, "img", grey=False)
+        h, w = rgb.shape[:2]
+        if not (1 <= h <= MAX_HEIGHT and 1 <= w <= MAX_WIDTH):
+            raise BadInput("img", f"{w}x{h} pixels is outside the competition's bounds (width <= {MAX_WIDTH}, "
+                                  f"height <= {MAX_HEIGHT})")
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise BadInput("img", "the three colour channels must be identical (a grey PET MIP)")
+        return {"image": rgb[..., 0]}
+
+    def default_plan(self) -> Plan:
+        spec, ensemble = self.segmenter.default_spec()
+        return Plan(spec, ensemble)
+
+    def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
+        pred = self.segmenter.predict(inputs["image"], spec=plan.spec, ensemble=plan.ensemble, callback=callback)
+        return {"img": encode_field(np.repeat(pred.image[..., None], 3, 2))}
+
+    def warm_up(self) -> float:
+        """One 1-step prediction on a blank image of the largest size; returns seconds per network evaluation."""
+        blank = {"image": np.full((MAX_HEIGHT, MAX_WIDTH), 255, np.uint8)}
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            self.predict(blank, Plan(SamplerSpec("ddim", 1), 1))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+
 def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = None) -> FastAPI:
-    """The FastAPI app for one task's service (`CTService`). `seconds_per_nfe=None` measures it at start-up."""
+    """The FastAPI app for one task's service (`CTService` or `TumorService`). `seconds_per_nfe=None` measures it at start-up."""
     app = FastAPI(title=f"dmiai-diffusion {service.name}")
     started = time.time()
     lock = asyncio.Lock()
@@ -245,7 +290,9 @@ def build_service(task: str, checkpoint: str | None, device: str):
         from diffusion.inference import CTInpainter
 
         return CTService(CTInpainter.from_checkpoint(checkpoint, device=device))
-    raise UserError(f"task {task!r} has no released model to serve yet")
+    from diffusion.inference import TumorSegmenter
+
+    return TumorService(TumorSegmenter.from_checkpoint(checkpoint, device=device))
 
 
 def main(argv=None) -> int:

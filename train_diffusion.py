@@ -1,4 +1,4 @@
-"""Train a conditional diffusion model (CT inpainting) with one accelerate loop.
+"""Train a conditional diffusion model (CT inpainting or tumor segmentation) with one accelerate loop.
 
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu --resume latest
@@ -27,12 +27,11 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import latest_full_state, save_full_state, save_slim
 from diffusion.config import dump_config, load_config
-from diffusion.data import CTTrainDataset, load_ct_slices, resolve_task_root, split_indices
 from diffusion.errors import UserError
-from diffusion.inference import CTInpainter, build_denoiser, to_uint8
+from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
-from eval.metrics import image_mae
-from eval.plots import plot_cases, plot_curves
+from diffusion.training import Validator, load_training_data
+from eval.plots import plot_curves
 
 
 class TrainingLoss(torch.nn.Module):
@@ -57,32 +56,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def validation_subset(slices, n: int):
-    """n slices spread over as many validation patients as possible, in a fixed order."""
-    by_patient: dict[str, list[int]] = {}
-    for i, p in enumerate(slices.patients):
-        by_patient.setdefault(p, []).append(i)
-    chosen, rank = [], 0
-    while len(chosen) < min(n, len(slices)):
-        for p in sorted(by_patient):
-            idx = by_patient[p]
-            if rank < len(idx) and len(chosen) < n:
-                chosen.append(idx[(rank * 5 + 3) % len(idx)] if rank == 0 else idx[rank])
-        rank += 1
-    return slices.subset(sorted(set(chosen)))
-
-
-def validate(inpainter: CTInpainter, val, step: int, run: Path) -> float:
-    preds = inpainter.predict_batch(val.corrupted, val.missing_mask, val.tissue, val.vertebra,
-                                    seeds=list(range(len(val))))
-    maes = [image_mae(p.image, t) for p, t in zip(preds, val.ct)]
-    show = range(min(4, len(val)))
-    rows = [[val.corrupted[i], to_uint8(preds[i].image), val.ct[i], np.abs(preds[i].image - val.ct[i])] for i in show]
-    plot_cases(run / "samples" / f"step_{step:07d}.png", ["corrupted", "prediction", "truth", "|error|"], rows,
-               [f"{val.ids[i]} MAE {maes[i]:.2f}" for i in show], ["gray", "gray", "gray", "magma"])
-    return float(np.mean(maes))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = load_config(args.config)
@@ -98,14 +71,9 @@ def main(argv=None) -> int:
     set_seed(config["seed"] + accelerator.process_index)
     task = get_task(config["task"])
 
-    root, where = resolve_task_root(config["task"], args.data_root)
-    slices = load_ct_slices(root, need_truth=True, progress=main_proc)
-    dc = config["data"]
-    train_idx = split_indices(slices.patients, dc["val_patients"], dc["split_seed"], "train")
-    val_idx = split_indices(slices.patients, dc["val_patients"], dc["split_seed"], "val")
-    train_set = CTTrainDataset(slices.subset(train_idx), crop_size=dc["crop_size"],
-                               generated_mask_prob=dc["generated_mask_prob"], flip=dc["flip"], seed=config["seed"])
-    val = validation_subset(slices.subset(val_idx), tc["val_slices"]) if len(val_idx) else None
+    train_set, val, where, data_summary = load_training_data(config, args.data_root, progress=main_proc)
+    metric_key = f"val_{task.metric}"
+    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)  # noqa: E731
 
     denoiser = build_denoiser(config)
     if tc["channels_last"]:
@@ -120,7 +88,7 @@ def main(argv=None) -> int:
     loss_module = TrainingLoss(denoiser)
     loss_module, optimizer, loader, lr_scheduler = accelerator.prepare(loss_module, optimizer, loader, lr_scheduler)
 
-    step, epoch, best_mae = 0, 0, math.inf
+    step, epoch, best_score = 0, 0, -math.inf if task.higher_is_better else math.inf
     ckpt_dir = run / "checkpoints"
     if args.resume:
         path = latest_full_state(ckpt_dir) if args.resume == "latest" else Path(args.resume)
@@ -133,7 +101,8 @@ def main(argv=None) -> int:
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
-        step, epoch, best_mae = state["step"], state["epoch"] + 1, state["best_mae"]
+        step, epoch, best_score = state["step"], state["epoch"] + 1, \
+            state.get("best_score", state.get("best_mae"))  # best_mae: checkpoints written before tumor support
         if main_proc:
             print(f"resumed from {path} at step {step}")
 
@@ -141,12 +110,11 @@ def main(argv=None) -> int:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(config))
         print(where)
-        print(f"train {len(train_idx)} slices / val {len(val_idx)} slices ({dc['val_patients']} patients); "
-              f"{sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
+        print(f"{data_summary}; {sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_device}/process")
         print(dump_config(config))
-    eval_inpainter = CTInpainter(build_denoiser(config), config, device=accelerator.device,
-                                 bf16=tc["mixed_precision"] == "bf16") if main_proc and val is not None else None
+    validator = Validator(config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
+        if main_proc and val is not None else None
 
     def write_checkpoints():
         if not main_proc:
@@ -154,11 +122,11 @@ def main(argv=None) -> int:
         save_full_state(ckpt_dir, step, {
             "model": accelerator.unwrap_model(loss_module).denoiser.net.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step,
-            "epoch": epoch, "best_mae": best_mae, "config": config}, keep=tc["keep_checkpoints"])
+            "epoch": epoch, "best_score": best_score, "config": config}, keep=tc["keep_checkpoints"])
         save_slim(run / "last.safetensors", ema_state_dict(), config, {"step": step})
 
     def ema_state_dict():
-        net = eval_inpainter.denoiser.net if eval_inpainter else build_denoiser(config).net
+        net = validator.net if validator else build_denoiser(config).net
         ema.copy_to(net.parameters())
         return net.state_dict()
 
@@ -195,17 +163,17 @@ def main(argv=None) -> int:
                 seen, last_log = 0, now
             out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
             stop = step >= tc["max_steps"] or out_of_time
-            if main_proc and eval_inpainter is not None and (step % tc["val_every"] == 0 or stop):
-                ema.copy_to(eval_inpainter.denoiser.net.parameters())
-                mae = validate(eval_inpainter, val, step, run)
-                metrics.write(json.dumps({"step": step, "val_mae": mae}) + "\n")
+            if main_proc and validator is not None and (step % tc["val_every"] == 0 or stop):
+                ema.copy_to(validator.net.parameters())
+                score = validator(val, step, run)
+                metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
                 metrics.flush()
-                if mae < best_mae:
-                    best_mae = mae
-                    save_slim(run / "best.safetensors", eval_inpainter.denoiser.net.state_dict(), config,
-                              {"step": step, "val_mae": mae})
+                if better(score, best_score):
+                    best_score = score
+                    save_slim(run / "best.safetensors", validator.net.state_dict(), config,
+                              {"step": step, metric_key: score})
                 plot_curves(run / "metrics.jsonl", run / "curves.png")
-                tqdm.write(f"step {step}: validation MAE {mae:.3f} (best {best_mae:.3f})")
+                tqdm.write(f"step {step}: validation {task.metric} {score:.3f} (best {best_score:.3f})")
                 last_log = time.time()
             if step % tc["checkpoint_every"] == 0 or stop:
                 write_checkpoints()

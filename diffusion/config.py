@@ -17,6 +17,8 @@ DEFAULTS: dict = {
         "crop_size": 128,
         "generated_mask_prob": 0.5,  # else a real mask of another slice
         "flip": True,
+        "controls": True,            # tumor: healthy controls as negatives in training
+        "tumor_crop_prob": 0.5,      # tumor: share of crops centred near a tumor pixel
     },
     "model": {
         "block_out_channels": [16, 64, 128, 192],
@@ -55,6 +57,7 @@ DEFAULTS: dict = {
         "sampler": "ddim",
         "steps": 1,
         "ensemble": 1,
+        "threshold": 0.5,            # tumor: probability threshold, chosen on validation
     },
 }
 

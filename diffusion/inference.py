@@ -17,13 +17,15 @@ from samplers import SAMPLERS, SamplerSpec, spaced_timesteps
 from samplers.ensemble import reduce_ensemble, sample_noise
 
 REPO = Path(__file__).resolve().parent.parent
-RELEASED = {"ct": REPO / "checkpoints" / "ct_inpaint.safetensors"}
+RELEASED = {"ct": REPO / "checkpoints" / "ct_inpaint.safetensors",
+            "tumor": REPO / "checkpoints" / "tumor_seg.safetensors"}
 
 
 def build_denoiser(config: dict) -> Denoiser:
     task = get_task(config["task"])
     net = build_unet(config["model"], in_channels=task.target_channels + task.cond_channels,
-                     out_channels=task.target_channels, num_class_embeds=task.num_classes + 1)
+                     out_channels=task.target_channels,
+                     num_class_embeds=task.num_classes + 1 if task.num_classes else None)
     d = config["diffusion"]
     return Denoiser(net, prediction_type=d["prediction_type"], num_train_timesteps=d["num_train_timesteps"],
                     beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
@@ -38,12 +40,15 @@ def autocast_for(device: torch.device, enabled: bool):
 
 @dataclass
 class Prediction:
-    image: np.ndarray        # (H, W) float grey levels, known pixels kept, 0 outside the body
-    uncertainty: np.ndarray  # (H, W) per-pixel spread across the ensemble, in grey levels
+    image: np.ndarray        # CT: (H, W) float grey levels, known pixels kept, 0 outside the body
+    uncertainty: np.ndarray  # (H, W) per-pixel spread across the ensemble (grey levels / probability)
+    probability: np.ndarray | None = None  # tumor: (H, W) mean tumor probability over the ensemble
 
 
-class CTInpainter:
-    """A CT inpainting model ready to sample: `predict(...)` for one slice, `predict_batch` for several."""
+class Predictor:
+    """A slim checkpoint's denoiser ready to sample; subclasses turn task inputs into a condition and back."""
+
+    task_name = ""
 
     def __init__(self, denoiser: Denoiser, config: dict, device: str | torch.device = "cpu", bf16: bool = True,
                  checkpoint: str | None = None):
@@ -52,14 +57,14 @@ class CTInpainter:
         if self.device.type == "cpu":
             self.denoiser.net.to(memory_format=torch.channels_last)
         self.config = config
-        self.task = get_task("ct")
+        self.task = get_task(config["task"])
         self.bf16 = bf16
         self.checkpoint = checkpoint
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True) -> "CTInpainter":
-        path = Path(path) if path is not None else RELEASED["ct"]
-        state, config, _ = load_slim(path, expected_task="ct")
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True):
+        path = Path(path) if path is not None else RELEASED[cls.task_name]
+        state, config, _ = load_slim(path, expected_task=cls.task_name)
         denoiser = build_denoiser(config)
         denoiser.net.load_state_dict(state)
         return cls(denoiser, config, device=device, bf16=bf16, checkpoint=str(path))
@@ -69,6 +74,30 @@ class CTInpainter:
         return SamplerSpec(s.get("sampler", "ddim"), int(s.get("steps", 1)), int(s.get("jumps", 1))), \
             int(s.get("ensemble", 1))
 
+    def sample(self, cond: torch.Tensor, labels: torch.Tensor | None, spec: SamplerSpec, ensemble: int,
+               seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+               callback=None) -> torch.Tensor:
+        """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e).
+        Returns x0 (N*E, C, H, W) float32 on the CPU."""
+        rep = lambda t: None if t is None else t.repeat_interleave(ensemble, 0).to(self.device)  # noqa: E731
+        cond_e = rep(cond)
+        noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
+                             [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
+        known = None if known_x0 is None else {"x0": rep(known_x0), "mask": rep(known_mask)}
+        generator = torch.Generator(self.device).manual_seed(seeds[0] * 7919 + 1)
+        timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
+        with autocast_for(self.device, self.bf16):
+            x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps,
+                                     extra_args={"cond": cond_e, "class_labels": rep(labels)}, known=known,
+                                     generator=generator, callback=callback, **spec.knobs())
+        return x0.float().cpu()
+
+
+class CTInpainter(Predictor):
+    """CT inpainting: `predict_batch(...)` for one or several slices."""
+
+    task_name = "ct"
+
     @torch.no_grad()
     def predict_batch(self, corrupted: np.ndarray, missing_mask: np.ndarray, tissue: np.ndarray,
                       vertebra: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
@@ -76,8 +105,7 @@ class CTInpainter:
         """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble.
         `callback(state)` is called after every sampler step (it may raise to stop sampling)."""
         default_spec, default_ensemble = self.default_spec()
-        spec = spec or default_spec
-        ensemble = ensemble or default_ensemble
+        spec, ensemble = spec or default_spec, ensemble or default_ensemble
         n = corrupted.shape[0]
         seeds = list(range(n)) if seeds is None else seeds
         known_grey = torch.from_numpy(np.ascontiguousarray(corrupted))
@@ -85,18 +113,9 @@ class CTInpainter:
         tissue_t = torch.from_numpy(np.ascontiguousarray(tissue))
         cond = self.task.condition(known_grey, missing, tissue_t)
         labels = torch.as_tensor(np.asarray(vertebra), dtype=torch.long)
-        # E members per slice, slice-major: member e of slice i has seed (seeds[i], e)
+        x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=cond[:, :1], known_mask=1 - cond[:, 1:2],
+                         callback=callback)
         rep = lambda t: t.repeat_interleave(ensemble, 0)  # noqa: E731
-        cond_e, labels_e = rep(cond).to(self.device), rep(labels).to(self.device)
-        noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
-                             [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
-        known = {"x0": cond_e[:, :1], "mask": 1 - cond_e[:, 1:2]}
-        generator = torch.Generator(self.device).manual_seed(seeds[0] * 7919 + 1)
-        timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
-        with autocast_for(self.device, self.bf16):
-            x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps, extra_args={"cond": cond_e, "class_labels": labels_e},
-                                     known=known, generator=generator, callback=callback, **spec.knobs())
-        x0 = x0.float().cpu()
         grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))  # (N*E, H, W)
         grey = grey.view(n, ensemble, *grey.shape[-2:])
         out = []
@@ -104,6 +123,37 @@ class CTInpainter:
             reduced, spread = reduce_ensemble(grey[i], "median")
             out.append(Prediction(image=reduced.numpy(), uncertainty=spread.numpy()))
         return out
+
+
+class TumorSegmenter(Predictor):
+    """Tumor segmentation: E sampled masks per image, averaged into a tumor probability and thresholded."""
+
+    task_name = "tumor"
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("sample", {}).get("threshold", 0.5))
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
+                seed: int = 0, callback=None) -> Prediction:
+        """image: (H, W) uint8 PET. The whole image is padded to the network's multiple and cropped back."""
+        from diffusion.data.tumor import crop_back, pad_to_multiple
+
+        default_spec, default_ensemble = self.default_spec()
+        spec, ensemble = spec or default_spec, ensemble or default_ensemble
+        multiple = 2 ** (len(self.config["model"]["block_out_channels"]) - 1)
+        padded = pad_to_multiple(image, multiple, 255)
+        cond = self.task.condition(torch.from_numpy(padded)[None], torch.zeros(1, dtype=torch.long))
+        x0 = self.sample(cond, None, spec, ensemble, [seed], callback=callback)[:, 0]  # (E, H, W)
+        members = crop_back((x0.clamp(-1, 1) + 1) / 2, image.shape)
+        probability, spread = reduce_ensemble(members, "mean")
+        mask = (probability > self.threshold).numpy().astype(np.uint8) * 255
+        return Prediction(image=mask, uncertainty=spread.numpy(), probability=probability.numpy())
+
+
+def load_predictor(task: str, path: str | Path | None = None, device: str = "cpu") -> Predictor:
+    return {"ct": CTInpainter, "tumor": TumorSegmenter}[task].from_checkpoint(path, device=device)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

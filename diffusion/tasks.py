@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion.data.ct import NUM_VERTEBRA_LEVELS
+from diffusion.data.tumor import MAX_HEIGHT
 
 
 def grey_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,8 @@ class CTTask:
     target_channels: int = 1
     cond_channels: int = 4
     num_classes: int = NUM_VERTEBRA_LEVELS   # vertebra levels; index num_classes is the null class
+    metric: str = "mae"
+    higher_is_better: bool = False
 
     @property
     def null_class(self) -> int:
@@ -60,7 +63,38 @@ class CTTask:
         return torch.where(tissue > 0, grey, torch.zeros_like(grey))
 
 
-TASKS = {"ct": CTTask()}
+@dataclass(frozen=True)
+class TumorTask:
+    """Tumor segmentation. Target: the tumor mask in [-1, 1]. Condition channels: uptake (the inverted PET
+    intensity in [-1, 1], high = dark in the PNG) and the vertical position in the whole image in [-1, 1]
+    (rows normalised by the competition's maximum height: brain at the top, bladder at the bottom)."""
+
+    name: str = "tumor"
+    target_channels: int = 1
+    cond_channels: int = 2
+    num_classes: int = 0          # no class labels
+    metric: str = "dice"
+    higher_is_better: bool = True
+
+    @property
+    def null_class(self) -> None:
+        return None
+
+    def condition(self, image: torch.Tensor, row0: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) uint8 PET and (N,) first rows -> (N, 2, H, W)."""
+        n, h, w = image.shape
+        uptake = 1.0 - image.float() / 127.5
+        rows = row0.view(n, 1).float() + torch.arange(h, dtype=torch.float32).view(1, h)
+        position = (rows / MAX_HEIGHT * 2 - 1).view(n, h, 1).expand(n, h, w)
+        return torch.stack([uptake, position], 1)
+
+    def training_batch(self, batch: dict[str, torch.Tensor]):
+        target = (batch["label"].float() * 2 - 1).unsqueeze(1)
+        cond = self.condition(batch["image"], batch["row0"])
+        return target, cond, None, torch.ones_like(target)
+
+
+TASKS = {"ct": CTTask(), "tumor": TumorTask()}
 
 
 def get_task(name: str):

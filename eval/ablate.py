@@ -4,7 +4,7 @@
         --samplers ddpm:100,ddim:1,ddim:4,ddim:10,repaint:10x5 --ensemble 1,4 --out runs/ablation
 
 Writes results.csv (sampler,steps,nfe,ensemble,mae,seconds_per_image) and pareto.png. It reuses infer.py's
-code path (`infer.run_ct`): one way to sample and score.
+code path (`infer.run_task`): one way to sample and score.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import infer  # noqa: E402
 from diffusion.errors import UserError  # noqa: E402
-from diffusion.inference import RELEASED, CTInpainter  # noqa: E402
+from diffusion.inference import RELEASED, load_predictor  # noqa: E402
 from samplers import parse_spec  # noqa: E402
 
-COLUMNS = ["sampler", "steps", "nfe", "ensemble", "mae", "seconds_per_image"]
+METRICS = {"ct": "mae", "tumor": "dice"}
 
 
 def parse_list(text: str, parse, what: str):
@@ -73,31 +73,32 @@ def main(argv=None) -> int:
     p.add_argument("--ensemble", default="1", help="comma-separated ensemble sizes")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--split", default="val", choices=["all", "train", "val"])
+    p.add_argument("--include-controls", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    if args.task != "ct":
-        raise UserError("task 'tumor' has no model in this repository yet")
+    metric = METRICS[args.task]
+    columns = ["sampler", "steps", "nfe", "ensemble", metric, "seconds_per_image"]
     specs = parse_list(args.samplers, parse_spec, "samplers")
     ensembles = parse_list(args.ensemble, positive_int, "ensemble")
-    inpainter = CTInpainter.from_checkpoint(args.checkpoint or RELEASED["ct"], device=args.device)
+    predictor = load_predictor(args.task, args.checkpoint or RELEASED[args.task], device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     settings = [(s, e) for s in specs for e in ensembles]
     for spec, ens in tqdm(settings, desc="settings"):
-        metrics = infer.run_ct(args, inpainter, spec, ens, out=None, progress=False)
+        metrics = infer.run_task(args, predictor, spec, ens, out=None, progress=False)
         row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
-               "mae": round(metrics.get("mae", float("nan")), 4),
+               metric: round(metrics.get(metric, float("nan")), 4),
                "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}
         rows.append(row)
         tqdm.write(", ".join(f"{k}={v}" for k, v in row.items()))
         with open(out / "results.csv", "w", newline="") as f:  # rewritten after every setting
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-    plot_pareto(rows, out / "pareto.png", "mae")
+    plot_pareto(rows, out / "pareto.png", metric)
     print(f"wrote {out / 'results.csv'} and {out / 'pareto.png'}")
     return 0
 

@@ -17,3 +17,15 @@ def timing_summary(seconds: list[float]) -> dict[str, float]:
         return {"mean": 0.0, "p95": 0.0, "max": 0.0}
     arr = np.asarray(seconds)
     return {"mean": float(arr.mean()), "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}
+
+
+def tp_fp_fn(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """Counts over binary masks (anything > 0 is positive)."""
+    p, t = prediction > 0, truth > 0
+    return int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+
+
+def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice = 2TP / (2TP + FP + FN), the competition's per-image score; 1.0 when both masks are empty."""
+    tp, fp, fn = tp_fp_fn(prediction, truth)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)

@@ -12,10 +12,11 @@ import numpy as np  # noqa: E402
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
-    """Training loss and validation MAE against step, from metrics.jsonl."""
+    """Training loss and the validation score (MAE or Dice) against step, from metrics.jsonl."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_mae"]) for r in rows if "val_mae" in r]
+    key = next((k for r in rows for k in r if k.startswith("val_")), "val_mae")
+    val = [(r["step"], r[key]) for r in rows if key in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     if train:
         s, v = zip(*train)
@@ -26,7 +27,8 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
     if val:
         s, v = zip(*val)
         axes[1].plot(s, v, "o-")
-    axes[1].set(xlabel="step", ylabel="MAE (grey levels)", title="validation MAE (EMA)")
+    name = key[4:].upper()
+    axes[1].set(xlabel="step", ylabel=name, title=f"validation {name} (EMA)")
     fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
@@ -42,7 +44,9 @@ def plot_cases(out_path: Path, columns: list[str], rows: list[list[np.ndarray]],
     for r, images in enumerate(rows):
         for c, image in enumerate(images):
             ax = axes[r, c]
-            if image is not None:
+            if image is not None and image.ndim == 3:
+                ax.imshow(image)
+            elif image is not None:
                 vmax = 255 if cmaps[c] == "gray" else max(float(np.max(image)), 1e-6)
                 ax.imshow(image, cmap=cmaps[c], vmin=0, vmax=vmax)
             ax.set_xticks([])

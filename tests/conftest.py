@@ -60,3 +60,49 @@ def trained_tiny(tmp_path_factory) -> Path:
     assert train_diffusion.main(["--config", str(REPO / "configs/ct_tiny.yaml"), "--out", str(run),
                                  "--data-root", str(base / "data")]) == 0
     return run
+
+
+def make_pet_case(rng: np.random.Generator, height: int, tumors: int = 2):
+    """A fake MIP-PET (inverted: background 255, body light grey, organs and tumors dark) and its {0,255} label."""
+    image = np.full((height, 400), 255, np.uint8)
+    cv2.ellipse(image, (200, height // 2), (90, height // 2 - 20), 0, 0, 360, 200, -1)     # body
+    cv2.circle(image, (200, 40), 25, 40, -1)                                               # brain: dark, not tumor
+    label = np.zeros((height, 400), np.uint8)
+    for _ in range(tumors):
+        c = (int(rng.integers(140, 260)), int(rng.integers(100, height - 60)))
+        r = int(rng.integers(6, 16))
+        cv2.circle(image, c, r, 30, -1)
+        cv2.circle(label, c, r, 255, -1)
+    return np.repeat(image[..., None], 3, 2), np.repeat(label[..., None], 3, 2)
+
+
+def write_tumor_layout(root: Path, patients: int = 3, controls: int = 2, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for p in range(patients):
+        image, label = make_pet_case(rng, int(rng.integers(300, 500)))
+        write_png(root / "patients" / "imgs" / f"patient_{p:03d}.png", image)
+        write_png(root / "patients" / "labels" / f"segmentation_{p:03d}.png", label)
+    for c in range(controls):
+        image, _ = make_pet_case(rng, int(rng.integers(300, 500)), tumors=0)
+        write_png(root / "controls" / "imgs" / f"control_{c:03d}.png", image)
+    return root
+
+
+@pytest.fixture
+def tumor_root(tmp_path: Path) -> Path:
+    """A data root holding tumor-segmentation/ with 3 patients and 2 controls."""
+    write_tumor_layout(tmp_path / "data" / "tumor-segmentation")
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_tumor_tiny(tmp_path_factory) -> Path:
+    """A run folder from two training steps of configs/tumor_tiny.yaml on generated data."""
+    import train_diffusion
+
+    base = tmp_path_factory.mktemp("tumor_tiny")
+    write_tumor_layout(base / "data" / "tumor-segmentation")
+    run = base / "run"
+    assert train_diffusion.main(["--config", str(REPO / "configs/tumor_tiny.yaml"), "--out", str(run),
+                                 "--data-root", str(base / "data")]) == 0
+    return run

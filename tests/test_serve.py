@@ -114,3 +114,40 @@ def test_deadline_plan_keeps_the_default_when_it_fits():
     assert str(d.plan(SamplerSpec("ddim", 50), 4)) == "ddim:50 E=1"        # 5 s with one member
     assert str(d.plan(SamplerSpec("ddim", 200), 1)) == "ddim:50 E=1"       # halved until it fits
     assert d.plan(SamplerSpec("repaint", 50, 10), 1).spec.nfe * 0.1 <= 8.0
+
+
+@pytest.fixture(scope="module")
+def tumor_client(trained_tumor_tiny):
+    from diffusion.inference import TumorSegmenter
+
+    service = serve.TumorService(TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
+    with TestClient(serve.create_app(service, budget_s=8.0)) as c:
+        yield c
+
+
+def test_tumor_request_round_trips_in_competition_format(tumor_client):
+    from tests.conftest import make_pet_case
+
+    image, _ = make_pet_case(np.random.default_rng(0), 437)
+    r = tumor_client.post("/predict", json={"img": b64(image)})
+    assert r.status_code == 200, r.text
+    out = decode_png(base64.b64decode(r.json()["img"]), grey=False)
+    assert out.shape == image.shape and set(np.unique(out)) <= {0, 255}
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+    assert tumor_client.get("/api").json()["service"] == "tumor-segmentation"
+
+
+def test_tumor_bad_inputs(tumor_client):
+    colour = np.zeros((400, 400, 3), np.uint8)
+    colour[..., 0] = 255
+    cases = {
+        "img: not valid base64": {"img": "###"},
+        "img: not a PNG": {"img": base64.b64encode(b"\xff\xd8\xff\xe0 jpeg").decode()},
+        "img: 400x1200 pixels is outside": {"img": b64(np.zeros((1200, 400, 3), np.uint8))},
+        "img: the three colour channels must be identical": {"img": b64(colour)},
+        "img: Field required": {"image": "x"},
+    }
+    for message, body in cases.items():
+        r = tumor_client.post("/predict", json=body)
+        assert 400 <= r.status_code < 500 and message in r.json()["detail"], (message, r.text)
+        assert tumor_client.get("/").status_code == 200

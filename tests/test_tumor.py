@@ -1,0 +1,126 @@
+"""Tumor segmentation: data validation, padding, the condition, ensembles and output format, training, infer."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import infer
+from diffusion.checkpoint import load_slim
+from diffusion.data.images import read_png, write_png
+from diffusion.data.tumor import TumorTrainDataset, crop_back, load_tumor_cases, pad_to_multiple
+from diffusion.errors import DataError
+from diffusion.inference import TumorSegmenter
+from diffusion.tasks import get_task
+from eval.metrics import dice_score
+
+
+def test_loads_patients_and_controls(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
+    assert cases.ids[:3] == ["patient_000", "patient_001", "patient_002"] and len(cases) == 5
+    assert all(img.shape[1] == 400 for img in cases.images)
+    assert cases.labels[0].max() == 1 and cases.labels[4].max() == 0 and cases.is_control == [False] * 3 + [True] * 2
+    assert len(load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)) == 3
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("shape", "differs from its image"),
+    ("values", "only \\[0, 255\\]"),
+    ("channels", "channels must be identical"),
+    ("corrupt", "not a readable image"),
+    ("missing", "file is missing"),
+])
+def test_label_validation_names_the_file(tumor_root, breakage, message):
+    label = tumor_root / "tumor-segmentation" / "patients" / "labels" / "segmentation_001.png"
+    if breakage == "shape":
+        write_png(label, np.zeros((100, 400, 3), np.uint8))
+    elif breakage == "values":
+        write_png(label, np.full((read_png(label).shape[0], 400, 3), 7, np.uint8))
+    elif breakage == "channels":
+        rgb = read_png(label, grey=False).copy()
+        rgb[0, 0] = (255, 0, 0)
+        write_png(label, rgb)
+    elif breakage == "corrupt":
+        label.write_bytes(b"junk")
+    else:
+        label.unlink()
+    with pytest.raises(DataError) as info:
+        load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    assert str(label) in str(info.value) and info.match(message)
+
+
+def test_pad_and_crop_back_round_trip_for_every_height():
+    rng = np.random.default_rng(0)
+    for height in range(300, 992):
+        image = rng.integers(0, 256, (height, 400), dtype=np.uint8)
+        padded = pad_to_multiple(image, 8, 255)
+        assert padded.shape[0] % 8 == 0 and padded.shape[1] % 8 == 0 and padded.shape[0] - height < 8
+        assert np.array_equal(crop_back(padded, image.shape), image)
+
+
+def test_condition_channels_and_training_target():
+    task = get_task("tumor")
+    image = torch.tensor([[[255, 0], [128, 255]]], dtype=torch.uint8)
+    cond = task.condition(image, torch.tensor([0]))
+    assert cond.shape == (1, 2, 2, 2)
+    assert cond[0, 0, 0, 0] == -1.0 and cond[0, 0, 0, 1] == 1.0        # white = no uptake, black = high uptake
+    assert cond[0, 1, 0, 0] == -1.0 and cond[0, 1, 1, 0] > cond[0, 1, 0, 0]  # position grows downwards
+    batch = {"image": image, "label": torch.tensor([[[1, 0], [0, 0]]], dtype=torch.uint8), "row0": torch.tensor([5])}
+    target, cond, labels, weight = task.training_batch(batch)
+    assert target.tolist() == [[[[1.0, -1.0], [-1.0, -1.0]]]] and labels is None and weight.shape == target.shape
+    assert cond[0, 1, 0, 0] > -1.0  # the crop's first row is row 5 of the image
+
+
+def test_tumor_crops_contain_tumor_more_often(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    biased = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
+    uniform = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.0)
+    hits = lambda ds: sum(ds[i % 3]["label"].max().item() for i in range(30) for _ in [ds.set_epoch(i)])  # noqa: E731
+    assert hits(biased) == 30 and hits(uniform) < 30
+    item = biased[0]
+    assert item["image"].shape == (64, 64) and set(item["label"].unique().tolist()) <= {0, 1}
+
+
+def test_dice_formula():
+    a = np.zeros((4, 4), np.uint8)
+    b = a.copy()
+    assert dice_score(a, b) == 1.0
+    a[0, :2] = 255
+    b[0, 1:3] = 255
+    assert dice_score(a, b) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+
+
+def test_prediction_format_and_ensemble_reduction(trained_tumor_tiny):
+    seg = TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    image = np.full((333, 400), 230, np.uint8)
+    pred = seg.predict(image, ensemble=3)
+    assert pred.image.shape == image.shape and set(np.unique(pred.image)) <= {0, 255}
+    assert pred.probability.shape == image.shape and 0 <= pred.probability.min() <= pred.probability.max() <= 1
+    assert np.array_equal(pred.image > 0, pred.probability > seg.threshold)
+    assert pred.uncertainty.shape == image.shape and pred.uncertainty.max() > 0  # three different samples
+
+
+def test_two_training_steps_write_dice(trained_tumor_tiny):
+    rows = [json.loads(x) for x in (trained_tumor_tiny / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert all(0 <= r["val_dice"] <= 1 for r in rows if "val_dice" in r) and any("val_dice" in r for r in rows)
+    _, config, _ = load_slim(trained_tumor_tiny / "best.safetensors", expected_task="tumor")
+    assert config["task"] == "tumor"
+
+
+def test_infer_tumor_end_to_end(trained_tumor_tiny, tumor_root, tmp_path):
+    out = tmp_path / "out"
+    assert infer.main(["--task", "tumor", "--data-root", str(tumor_root), "--checkpoint",
+                       str(trained_tumor_tiny / "last.safetensors"), "--out", str(out), "--ensemble", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "tumor" and metrics["n"] == 3 and 0 <= metrics["dice"] <= 1
+    assert set(metrics["seconds_per_image"]) == {"mean", "p95", "max"} and (out / "overview.png").is_file()
+    for case in metrics["cases"]:
+        pred = read_png(out / "predictions" / f"segmentation_{case['id'].split('_')[1]}.png", grey=False)
+        source = read_png(tumor_root / "tumor-segmentation" / "patients" / "imgs" / f"{case['id']}.png", grey=False)
+        assert pred.shape == source.shape and set(np.unique(pred)) <= {0, 255}
+        assert np.array_equal(pred[..., 0], pred[..., 1]) and np.array_equal(pred[..., 0], pred[..., 2])
+    assert infer.main(["--task", "tumor", "--data-root", str(tumor_root), "--checkpoint",
+                       str(trained_tumor_tiny / "last.safetensors"), "--out", str(tmp_path / "c"),
+                       "--include-controls"]) == 0
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["n"] == 5
