@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 from diffusion.data import list_ct_ids, resolve_task_root, split_indices
 from diffusion.data.ct import read_slice
 from diffusion.data.images import write_png
-from diffusion.errors import UserError
+from diffusion.errors import UserError, run_cli
 from diffusion.data.tumor import list_tumor_cases, read_tumor_case
+from diffusion.training import validation_subset
 from diffusion.inference import RELEASED, CTInpainter, TumorSegmenter, load_predictor, to_uint8
 from eval.metrics import dice_score, image_mae, timing_summary, tp_fp_fn
 from eval.plots import plot_cases
@@ -36,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
     p.add_argument("--checkpoint", default=None, help="slim .safetensors checkpoint (default: the released one)")
     p.add_argument("--out", default=None, help="output folder (default out/<task>)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N inputs (with --split val: N slices spread over the patients)")
     p.add_argument("--sampler", default=None, help=f"one of {', '.join(SAMPLERS)} (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--jumps", type=int, default=None, help="RePaint jump_n_sample (default 10)")
@@ -70,6 +72,8 @@ def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: 
         dc = inpainter.config["data"]
         keep = split_indices([i.split("_")[0] for i in ids], dc["val_patients"], dc["split_seed"], args.split)
         ids = [ids[i] for i in keep]
+    if args.limit and args.split == "val":  # N slices spread over as many validation patients as possible
+        ids = [ids[i] for i in validation_subset([i.split("_")[0] for i in ids], args.limit)]
     ids = ids[: args.limit] if args.limit else ids
     has_truth = (root / "ct").is_dir()
     cases, seconds, overview_rows, titles = [], [], [], []
@@ -195,8 +199,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

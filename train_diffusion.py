@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import latest_full_state, save_full_state, save_slim
 from diffusion.config import dump_config, load_config
-from diffusion.errors import UserError
+from diffusion.errors import UserError, run_cli
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
@@ -191,8 +189,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

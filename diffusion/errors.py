@@ -11,3 +11,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, unreadable or belongs to another task."""
+
+
+def run_cli(main) -> None:
+    """Run an entry point's `main()`: a UserError becomes one line `error: ...` on stderr and exit status 2."""
+    import sys
+
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import infer  # noqa: E402
-from diffusion.errors import UserError  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.inference import RELEASED, load_predictor  # noqa: E402
 from samplers import parse_spec  # noqa: E402
 
@@ -104,8 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -49,17 +49,22 @@ def ct_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def train_two_steps(base: Path, config: str) -> Path:
+    """Train `configs/<config>` for its two steps on the generated data under base/data; return the run folder."""
+    import train_diffusion
+
+    run = base / "run"
+    assert train_diffusion.main(["--config", str(REPO / "configs" / config), "--out", str(run),
+                                 "--data-root", str(base / "data")]) == 0
+    return run
+
+
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory) -> Path:
     """A run folder from two training steps of configs/ct_tiny.yaml on generated data (shared by tests)."""
-    import train_diffusion
-
     base = tmp_path_factory.mktemp("tiny")
     write_ct_layout(base / "data" / "ct-inpainting")
-    run = base / "run"
-    assert train_diffusion.main(["--config", str(REPO / "configs/ct_tiny.yaml"), "--out", str(run),
-                                 "--data-root", str(base / "data")]) == 0
-    return run
+    return train_two_steps(base, "ct_tiny.yaml")
 
 
 def make_pet_case(rng: np.random.Generator, height: int, tumors: int = 2):
@@ -98,11 +103,6 @@ def tumor_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_tumor_tiny(tmp_path_factory) -> Path:
     """A run folder from two training steps of configs/tumor_tiny.yaml on generated data."""
-    import train_diffusion
-
     base = tmp_path_factory.mktemp("tumor_tiny")
     write_tumor_layout(base / "data" / "tumor-segmentation")
-    run = base / "run"
-    assert train_diffusion.main(["--config", str(REPO / "configs/tumor_tiny.yaml"), "--out", str(run),
-                                 "--data-root", str(base / "data")]) == 0
-    return run
+    return train_two_steps(base, "tumor_tiny.yaml")

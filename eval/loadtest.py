@@ -1,0 +1,99 @@
+"""Load test: N concurrent clients replay real cases from a data root against a running server.
+
+    python serve.py --task ct &          # in another shell
+    python -m eval.loadtest --task ct --data-root ../shared/data --clients 4 --seconds 60
+
+Each client posts one request after another (competition format) until the time is up; the report gives
+throughput, p50/p95/max latency and the error count, as JSON (and into --out if given).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from diffusion.data import list_ct_ids, resolve_task_root
+from diffusion.data.tumor import list_tumor_cases
+from diffusion.errors import run_cli
+
+
+def ct_bodies(root: Path, n: int) -> list[bytes]:
+    bodies = []
+    for sid in list_ct_ids(root)[:n]:
+        read = lambda folder, name: base64.b64encode((root / folder / name).read_bytes()).decode()  # noqa: E731
+        bodies.append(json.dumps({
+            "corrupted_image": read("corrupted", f"corrupted_{sid}.png"), "tissue_image": read("tissue", f"tissue_{sid}.png"),
+            "mask_image": read("mask", f"mask_{sid}.png"),
+            "vertebrae": int((root / "vertebrae" / f"vertebrae_{sid}.txt").read_text().strip())}).encode())
+    return bodies
+
+
+def tumor_bodies(root: Path, n: int) -> list[bytes]:
+    return [json.dumps({"img": base64.b64encode(path.read_bytes()).decode()}).encode()
+            for _, path, _, _ in list_tumor_cases(root, include_controls=False)[:n]]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--url", default="http://127.0.0.1:9050/predict")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--cases", type=int, default=20, help="distinct cases to replay")
+    p.add_argument("--timeout", type=float, default=60.0, help="client-side timeout per request")
+    p.add_argument("--out", default=None, help="write the report JSON here too")
+    args = p.parse_args(argv)
+    root, _ = resolve_task_root(args.task, args.data_root)
+    bodies = (ct_bodies if args.task == "ct" else tumor_bodies)(root, args.cases)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.time() + args.seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.time() < stop_at:
+            request = urllib.request.Request(args.url, data=bodies[i % len(bodies)],
+                                             headers={"Content-Type": "application/json"})
+            start = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=args.timeout) as response:
+                    response.read()
+                    ok = response.status == 200
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                ok, reason = False, f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "" if ok else f"HTTP {response.status}"
+            with lock:
+                (latencies.append(time.perf_counter() - start) if ok else errors.append(reason))
+            i += args.clients
+
+    started = time.time()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.time() - started
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    report = {"task": args.task, "clients": args.clients, "wall_s": round(wall, 1), "requests": len(latencies),
+              "errors": len(errors), "throughput_per_s": round(len(latencies) / wall, 3),
+              "latency_s": {"p50": round(float(np.percentile(lat, 50)), 3),
+                            "p95": round(float(np.percentile(lat, 95)), 3), "max": round(float(lat.max()), 3)},
+              "first_errors": errors[:3]}
+    print(json.dumps(report, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)
