@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--jumps", type=int, default=None, help="RePaint jump_n_sample (default 10)")
     p.add_argument("--ensemble", type=int, default=None, help="samples per input, median-reduced")
+    p.add_argument("--flip", default=None, choices=["on", "off"],
+                   help="odd ensemble members see the mirrored input (default: the checkpoint's sample.flip)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="all", choices=["all", "train", "val"],
@@ -96,7 +98,8 @@ def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: 
             overview_rows.append([item["corrupted"], image, item.get("ct"), error, pred.uncertainty])
             titles.append(sid + (f" MAE {case['mae']:.2f}" if has_truth else ""))
     metrics = {"task": "ct", "n": len(cases), "checkpoint": inpainter.checkpoint, "sampler": str(spec),
-               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "split": args.split,
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": inpainter.flip_members,
+               "split": args.split,
                "seconds_per_image": timing_summary(seconds)}
     if has_truth:
         metrics["mae"] = float(np.mean([c["mae"] for c in cases]))
@@ -158,7 +161,8 @@ def run_tumor(args, segmenter: TumorSegmenter, spec: SamplerSpec, ensemble: int,
             overview_rows.append([image, truth_img, outcome, pred.uncertainty])
             titles.append(cid + (f" Dice {case['dice']:.2f}" if has_truth else ""))
     metrics = {"task": "tumor", "n": len(results), "checkpoint": segmenter.checkpoint, "sampler": str(spec),
-               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "threshold": segmenter.threshold,
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": segmenter.flip_members,
+               "threshold": segmenter.threshold,
                "split": args.split, "seconds_per_image": timing_summary(seconds)}
     if has_truth:
         scored = [c for c in results if not c["control"]] or results
@@ -185,6 +189,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     predictor = load_predictor(args.task, args.checkpoint or RELEASED[args.task], device=args.device)
+    if args.flip is not None:
+        predictor.flip_members = args.flip == "on"
     model_spec, model_ensemble = predictor.default_spec()
     spec = resolve_spec(model_spec, args.sampler, args.steps, args.jumps)
     ensemble = args.ensemble or model_ensemble

@@ -2,6 +2,7 @@
 
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu --resume latest
+    python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_more --init checkpoints/ct_inpaint.safetensors
     accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
     accelerate launch --cpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
 
@@ -23,8 +24,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import latest_full_state, save_full_state, save_slim
-from diffusion.config import dump_config, load_config
+from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
+from diffusion.config import apply_overrides, dump_config, load_config
 from diffusion.errors import UserError, run_cli
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
@@ -48,15 +49,20 @@ def parse_args(argv=None):
     p.add_argument("--config", required=True, help="YAML experiment config")
     p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--resume", default=None, help="'latest' or a path to a full-state checkpoint")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of a slim .safetensors checkpoint (e.g. a released one) with a "
+                        "fresh optimiser: continues training across machines where only slim weights travel")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set diffusion.prediction_type=epsilon (repeatable)")
     p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config)
+    config = apply_overrides(load_config(args.config), args.set)
     if args.max_steps is not None:
         config["train"]["max_steps"] = args.max_steps
     tc = config["train"]
@@ -76,6 +82,11 @@ def main(argv=None) -> int:
     denoiser = build_denoiser(config)
     if tc["channels_last"]:
         denoiser.net.to(memory_format=torch.channels_last)
+    if args.init and not args.resume:
+        state, init_config, _ = load_slim(args.init, expected_task=config["task"])
+        if init_config["model"] != config["model"]:
+            raise UserError(f"--init {args.init}: its model config differs from {args.config}")
+        denoiser.net.load_state_dict(state)
     ema = EMAModel(denoiser.net.parameters(), decay=tc["ema_decay"], use_ema_warmup=True, power=0.75)
     optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     lr_scheduler = get_scheduler(tc.get("lr_schedule", "cosine"), optimizer, num_warmup_steps=tc["warmup_steps"],

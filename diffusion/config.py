@@ -58,6 +58,7 @@ DEFAULTS: dict = {
         "steps": 1,
         "ensemble": 1,
         "threshold": 0.5,            # tumor: probability threshold, chosen on validation
+        "flip": False,               # odd ensemble members see the mirrored input (flip test-time augmentation)
     },
 }
 
@@ -89,3 +90,25 @@ def load_config(path: str | Path) -> dict:
 
 def dump_config(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """`KEY.PATH=VALUE` strings (VALUE parsed as YAML) applied to a resolved config; unknown keys are errors."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE (e.g. diffusion.loss=l2)")
+        update: dict = {}
+        node = update
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node[parts[-1]] = parsed
+        config = deep_update(config, update)
+    return config

@@ -60,6 +60,7 @@ class Predictor:
         self.task = get_task(config["task"])
         self.bf16 = bf16
         self.checkpoint = checkpoint
+        self.flip_members = bool(config.get("sample", {}).get("flip", False))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True):
@@ -78,8 +79,17 @@ class Predictor:
                seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
         """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e).
-        Returns x0 (N*E, C, H, W) float32 on the CPU."""
-        rep = lambda t: None if t is None else t.repeat_interleave(ensemble, 0).to(self.device)  # noqa: E731
+        With `flip_members` (config `sample.flip`), odd members see the horizontally mirrored input (test-time
+        flip augmentation inside the ensemble). Returns x0 (N*E, C, H, W) float32 on the CPU."""
+        flip = self.flip_members and ensemble > 1
+        flipped = (torch.arange(len(seeds) * ensemble) % 2 == 1).view(-1, 1, 1, 1).to(self.device)
+
+        def rep(t: torch.Tensor | None, spatial: bool = True) -> torch.Tensor | None:
+            if t is None:
+                return None
+            t = t.repeat_interleave(ensemble, 0).to(self.device)
+            return torch.where(flipped, t.flip(-1), t) if flip and spatial else t
+
         cond_e = rep(cond)
         noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
                              [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
@@ -88,9 +98,12 @@ class Predictor:
         timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
         with autocast_for(self.device, self.bf16):
             x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps,
-                                     extra_args={"cond": cond_e, "class_labels": rep(labels)}, known=known,
-                                     generator=generator, callback=callback, **spec.knobs())
-        return x0.float().cpu()
+                                     extra_args={"cond": cond_e, "class_labels": rep(labels, spatial=False)},
+                                     known=known, generator=generator, callback=callback, **spec.knobs())
+        x0 = x0.float()
+        if flip:  # odd members saw the mirrored input: mirror their answer back
+            x0 = torch.where(flipped, x0.flip(-1), x0)
+        return x0.cpu()
 
 
 class CTInpainter(Predictor):

@@ -97,3 +97,33 @@ def test_noise_is_per_sample_seeded():
     a = sample_noise((1, 4, 4), [5, 6, 7])
     b = sample_noise((1, 4, 4), [6])
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
+
+
+def test_flip_members_see_the_mirrored_input_and_are_mirrored_back():
+    """A model that answers with its condition's first channel: flipped members must come back unmirrored."""
+    import torch
+
+    from diffusion.inference import Predictor
+
+    class Echo(torch.nn.Module):
+        num_train_timesteps = 1000
+        alphas_cumprod = torch.linspace(0.999, 0.001, 1000)
+
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(1, 1)
+            self.seen = []
+
+        def forward(self, x, t, cond=None, class_labels=None):
+            self.seen.append(cond.clone())
+            return cond[:, :1], torch.zeros_like(x)
+
+    config = {"task": "tumor", "model": {"block_out_channels": [8]}, "sample": {"flip": True}}
+    predictor = Predictor(Echo(), config, bf16=False)
+    from samplers import SamplerSpec
+
+    cond = torch.arange(8.0).view(1, 1, 2, 4).repeat(1, 2, 1, 1)
+    x0 = predictor.sample(cond, None, SamplerSpec("ddim", 1), 2, [0])
+    seen = predictor.denoiser.seen[0]
+    assert torch.equal(seen[0], cond[0]) and torch.equal(seen[1], cond[0].flip(-1))  # member 1 saw the mirror
+    assert torch.equal(x0[0], cond[0, :1]) and torch.equal(x0[1], cond[0, :1])       # both answers unmirrored

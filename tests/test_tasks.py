@@ -78,3 +78,18 @@ def test_parameterisations_recover_x0():
         x_t = d.add_noise(x0, noise, t)
         x0_hat, eps_hat = d(x_t, t, torch.zeros(3, 0, 4, 4))
         assert torch.allclose(x0_hat, x0, atol=1e-3), kind
+
+
+def test_config_overrides_and_unknown_keys():
+    import pytest
+
+    from diffusion.config import DEFAULTS, apply_overrides
+    from diffusion.errors import UserError
+
+    config = apply_overrides(DEFAULTS, ["diffusion.prediction_type=epsilon", "train.lr=1e-3", "model.block_out_channels=[8, 16]"])
+    assert config["diffusion"]["prediction_type"] == "epsilon" and config["train"]["lr"] == 1e-3
+    assert config["model"]["block_out_channels"] == [8, 16] and DEFAULTS["diffusion"]["prediction_type"] == "sample"
+    with pytest.raises(UserError, match="unknown key 'diffusion.nope'"):
+        apply_overrides(DEFAULTS, ["diffusion.nope=1"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        apply_overrides(DEFAULTS, ["diffusion.loss"])

@@ -66,3 +66,17 @@ def test_accelerate_two_cpu_processes_then_resume(tmp_path):
     assert "resumed from" in second.stdout
     state = torch.load(tmp_path / "run/checkpoints/step_0000003.pt", weights_only=False)
     assert state["step"] == 3
+
+
+def test_init_from_slim_checkpoint_starts_from_its_weights(trained_tiny, tmp_path):
+    from diffusion.checkpoint import load_slim
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=2, slices=1)
+    state, _, _ = load_slim(trained_tiny / "last.safetensors")
+    run = tmp_path / "run"
+    assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root", str(tmp_path / "data"),
+                                 "--init", str(trained_tiny / "last.safetensors"), "--max-steps", "1"]) == 0
+    after = torch.load(run / "checkpoints" / "step_0000001.pt", weights_only=False)["model"]
+    # one small optimiser step away from the initial weights, not a fresh random network
+    diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items()]
+    assert max(diffs) < 0.05

@@ -124,3 +124,20 @@ def test_infer_tumor_end_to_end(trained_tumor_tiny, tumor_root, tmp_path):
                        str(trained_tumor_tiny / "last.safetensors"), "--out", str(tmp_path / "c"),
                        "--include-controls"]) == 0
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["n"] == 5
+
+
+def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_root, tmp_path):
+    from eval import calibrate
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[:4] = 1
+    prob = np.where(truth > 0, 0.7, 0.2)
+    scores = calibrate.sweep([prob], [truth])
+    assert scores[0.5] == 1.0 and scores[0.1] < 1.0 and scores[0.9] == 0.0
+    out = tmp_path / "calibrated.safetensors"
+    assert calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root",
+                           str(tumor_root), "--split", "all", "--out", str(out)]) == 0
+    _, config, extra = load_slim(out, expected_task="tumor")
+    report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
+    assert config["sample"]["threshold"] == report["threshold"] and extra["threshold_images"] == 3
+    assert report["dice"] == max(report["sweep"].values())
