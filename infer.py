@@ -184,6 +184,16 @@ def run_task(args, predictor, spec: SamplerSpec, ensemble: int, out: Path | None
     return run_tumor(args, predictor, spec, ensemble, out, progress)
 
 
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far (Linux and macOS), in MB."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -198,6 +208,8 @@ def main(argv=None) -> int:
         raise UserError(f"--ensemble must be >= 1, got {ensemble}")
     out = Path(args.out or f"out/{args.task}")
     metrics = run_task(args, predictor, spec, ensemble, out)
+    metrics["peak_memory_mb"] = peak_memory_mb()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     summary = {k: v for k, v in metrics.items() if k != "cases"}
     print(json.dumps(summary, indent=1))
     print(f"wrote {metrics['n']} predictions, overview.png and metrics.json to {out}", file=sys.stderr)

@@ -1,0 +1,38 @@
+"""Copy a slim checkpoint into checkpoints/ with its default inference settings chosen by measurement.
+
+    python -m eval.release --checkpoint runs/ct_cpu_ft/best.safetensors --out checkpoints/ct_inpaint.safetensors \
+        --set sample.ensemble=2 --set sample.flip=true
+
+Only `sample.*` may change: the weights and every other part of the config stay as trained.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusion.checkpoint import load_slim, save_slim
+from diffusion.config import DEFAULTS, apply_overrides, deep_update
+from diffusion.errors import UserError, run_cli
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE")
+    args = p.parse_args(argv)
+    if any(not s.startswith("sample.") for s in args.set):
+        raise UserError("--set: only sample.* settings may change at release")
+    state, config, extra = load_slim(args.checkpoint)
+    config = apply_overrides(deep_update(DEFAULTS, config), args.set)  # keys added since it was trained get defaults
+    save_slim(Path(args.out), state, config, {**extra, "released_from": str(args.checkpoint)})
+    size_mb = Path(args.out).stat().st_size / 1e6
+    print(json.dumps({"out": args.out, "size_mb": round(size_mb, 2), "sample": config["sample"]}))
+    if size_mb > 25:
+        raise UserError(f"{args.out}: {size_mb:.1f} MB is over the 25 MB limit for released checkpoints")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
