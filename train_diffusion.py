@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     lr_scheduler = get_scheduler(tc.get("lr_schedule", "cosine"), optimizer, num_warmup_steps=tc["warmup_steps"],
                                  num_training_steps=tc["max_steps"])
     per_device = max(1, tc["batch_size"] // (accelerator.num_processes * tc["grad_accum"]))
+    if len(train_set) < per_device:
+        raise UserError(f"the training set has {len(train_set)} items, fewer than one batch of {per_device} per "
+                        f"process: lower train.batch_size or add data")
     loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, drop_last=True,
                                          num_workers=tc["num_workers"])
     loss_module = TrainingLoss(denoiser)

@@ -39,7 +39,7 @@ def test_resume_latest_continues_from_the_last_step(tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
-    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=2, slices=1)
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
     out = subprocess.run([sys.executable, "train_diffusion.py", "--config", TINY, "--out", str(tmp_path / "r"),
                           "--data-root", str(tmp_path / "data"), "--resume", "latest"],
                          cwd=REPO, capture_output=True, text=True)
@@ -71,7 +71,7 @@ def test_accelerate_two_cpu_processes_then_resume(tmp_path):
 def test_init_from_slim_checkpoint_starts_from_its_weights(trained_tiny, tmp_path):
     from diffusion.checkpoint import load_slim
 
-    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=2, slices=1)
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
     state, _, _ = load_slim(trained_tiny / "last.safetensors")
     run = tmp_path / "run"
     assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root", str(tmp_path / "data"),
@@ -80,3 +80,13 @@ def test_init_from_slim_checkpoint_starts_from_its_weights(trained_tiny, tmp_pat
     # one small optimiser step away from the initial weights, not a fresh random network
     diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items()]
     assert max(diffs) < 0.05
+
+
+def test_a_training_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
+    import pytest
+
+    from diffusion.errors import UserError
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=2, slices=1)  # 1 training slice, batch 4
+    with pytest.raises(UserError, match="fewer than one batch"):
+        train_diffusion.main(["--config", TINY, "--out", str(tmp_path / "r"), "--data-root", str(tmp_path / "data")])
