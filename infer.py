@@ -22,10 +22,16 @@ from tqdm.auto import tqdm
 from diffusion.data import list_ct_ids, resolve_task_root, split_indices
 from diffusion.data.ct import read_slice
 from diffusion.data.images import write_png
-from diffusion.errors import UserError, run_cli
 from diffusion.data.tumor import list_tumor_cases, read_tumor_case
+from diffusion.errors import UserError, run_cli
+from diffusion.inference import (
+    RELEASED,
+    CTInpainter,
+    TumorSegmenter,
+    load_predictor,
+    to_uint8,
+)
 from diffusion.training import validation_subset
-from diffusion.inference import RELEASED, CTInpainter, TumorSegmenter, load_predictor, to_uint8
 from eval.metrics import dice_score, image_mae, timing_summary, tp_fp_fn
 from eval.plots import plot_cases
 from samplers import SAMPLERS, SamplerSpec, parse_spec

@@ -8,6 +8,14 @@
 
 The run folder gets: config.yaml (resolved), metrics.jsonl, curves.png, samples/step_*.png,
 checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetensors (slim EMA, by validation MAE).
+
+With `distill.teacher` set (configs/*_distill_*.yaml) the run is one round of progressive distillation: the
+student starts from the teacher's weights and learns to sample in half the teacher's DDIM steps; its saved
+config says `sample.sampler: distilled` and `distill.student_steps`. The next round uses it as the teacher:
+
+    python train_diffusion.py --config configs/ct_distill_cpu.yaml --out runs/ct_distill_4
+    python train_diffusion.py --config configs/ct_distill_cpu.yaml --out runs/ct_distill_2 \
+        --set distill.teacher=runs/ct_distill_4/last.safetensors
 """
 from __future__ import annotations
 
@@ -24,8 +32,14 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
+from diffusion.checkpoint import (
+    latest_full_state,
+    load_slim,
+    save_full_state,
+    save_slim,
+)
 from diffusion.config import apply_overrides, dump_config, load_config
+from diffusion.distill import DistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
@@ -73,15 +87,21 @@ def main(argv=None) -> int:
                               cpu=not torch.cuda.is_available())
     main_proc = accelerator.is_main_process
     set_seed(config["seed"] + accelerator.process_index)
-    task = get_task(config["task"])
+    task = get_task(config["task"], config["data"])
 
     train_set, val, where, data_summary = load_training_data(config, args.data_root, progress=main_proc)
     metric_key = f"val_{task.metric}"
-    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)  # noqa: E731
+    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
+    teacher = None
+    if config["distill"]["teacher"]:
+        teacher, teacher_config = load_teacher(config, build_denoiser)
+        config = plan_round(config, teacher_config)
     denoiser = build_denoiser(config)
     if tc["channels_last"]:
         denoiser.net.to(memory_format=torch.channels_last)
+    if teacher is not None and not args.init and not args.resume:
+        denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
     if args.init and not args.resume:
         state, init_config, _ = load_slim(args.init, expected_task=config["task"])
         if init_config["model"] != config["model"]:
@@ -97,7 +117,13 @@ def main(argv=None) -> int:
                         f"process: lower train.batch_size or add data")
     loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, drop_last=True,
                                          num_workers=tc["num_workers"])
-    loss_module = TrainingLoss(denoiser)
+    if teacher is None:
+        loss_module = TrainingLoss(denoiser)
+    else:
+        teacher.to(accelerator.device)
+        if tc["channels_last"]:
+            teacher.net.to(memory_format=torch.channels_last)
+        loss_module = DistillationLoss(denoiser, teacher, config["distill"]["student_steps"], task.known)
     loss_module, optimizer, loader, lr_scheduler = accelerator.prepare(loss_module, optimizer, loader, lr_scheduler)
 
     step, epoch, best_score = 0, 0, -math.inf if task.higher_is_better else math.inf

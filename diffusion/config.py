@@ -19,12 +19,14 @@ DEFAULTS: dict = {
         "flip": True,
         "controls": True,            # tumor: healthy controls as negatives in training
         "tumor_crop_prob": 0.5,      # tumor: share of crops centred near a tumor pixel
+        "tumor_weight": 1.0,         # tumor: loss weight of a tumor pixel (background: 1)
     },
     "model": {
         "block_out_channels": [16, 64, 128, 192],
         "layers_per_block": 1,
         "attention_levels": [],
         "norm_num_groups": 16,
+        "mid_attention": True,
     },
     "diffusion": {
         "prediction_type": "sample",
@@ -33,6 +35,12 @@ DEFAULTS: dict = {
         "loss": "l1",
         "timestep_power": 0.5,
         "class_dropout": 0.1,
+        "objective": "diffusion",    # or "regress": the deterministic regressor baseline (same net, L1, no noise)
+    },
+    "distill": {                     # progressive distillation (Salimans & Ho 2022): set teacher to distill
+        "teacher": None,             # slim checkpoint of the teacher (a trained model or an earlier student)
+        "teacher_steps": 8,          # DDIM steps of a non-distilled teacher; a student teacher brings its own
+        "student_steps": 0,          # set by the training run: half the teacher's steps
     },
     "train": {
         "batch_size": 16,

@@ -10,13 +10,16 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+OBJECTIVES = ("diffusion", "regress")
 
 
 class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, *, prediction_type: str = "sample", num_train_timesteps: int = 1000,
                  beta_schedule: str = "squaredcos_cap_v2", loss: str = "l1", timestep_power: float = 1.0,
-                 null_class: int | None = None, class_dropout: float = 0.0):
+                 null_class: int | None = None, class_dropout: float = 0.0, objective: str = "diffusion"):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if loss not in ("l1", "l2"):
@@ -28,6 +31,9 @@ class Denoiser(nn.Module):
         self.timestep_power = timestep_power      # t = T * u**power: < 1 spends more training on high noise
         self.null_class = null_class              # class label meaning "no vertebra given"
         self.class_dropout = class_dropout        # probability of replacing the label by null_class in training
+        # "regress": the same network trained as a deterministic regressor (input zeros at t = T-1, target x0),
+        # the baseline a diffusion model has to beat at equal compute
+        self.objective = objective
         schedule = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float().clone(), persistent=False)
 
@@ -69,15 +75,33 @@ class Denoiser(nn.Module):
              weight: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample loss, averaged over the pixels where `weight` > 0 (pixels with weight 0 are ignored)."""
         n = x0.shape[0]
+        if self.objective == "regress":
+            t = torch.full((n,), self.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
+            out = self.raw(torch.zeros_like(x0), t, cond, class_labels)
+            return self.weighted_loss(out, x0, weight)
         t = self.sample_timesteps(n, x0.device) if t is None else t
         noise = torch.randn_like(x0) if noise is None else noise
         if class_labels is not None and self.training and self.class_dropout > 0:
             drop = torch.rand(n, device=x0.device) < self.class_dropout
             class_labels = torch.where(drop, torch.full_like(class_labels, self.null_class), class_labels)
         x_t = self.add_noise(x0, noise, t)
-        out = self.net(torch.cat([x_t, cond], 1), t, class_labels=class_labels).sample.float()
+        out = self.raw(x_t, t, cond, class_labels)
+        return self.weighted_loss(out, self.prediction_target(x_t, t, x0), weight)
+
+    def raw(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+            class_labels: torch.Tensor | None) -> torch.Tensor:
+        """The network's output in its own parameterisation (float32), with gradients."""
+        return self.net(torch.cat([x_t, cond], 1), t, class_labels=class_labels).sample.float()
+
+    def prediction_target(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """What the network should output at (x_t, t) if the clean target is x0, in its parameterisation."""
+        if self.prediction_type == "sample":
+            return x0
         a, s = self.alpha_sigma(t)
-        target = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[self.prediction_type]
+        eps = (x_t - a * x0) / s
+        return eps if self.prediction_type == "epsilon" else a * eps - s * x0
+
+    def weighted_loss(self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         diff = out - target
         per_pixel = diff.abs() if self.loss_type == "l1" else diff.square()
         weight = weight.to(per_pixel.dtype).expand_as(per_pixel)

@@ -11,6 +11,7 @@ import torch
 
 from diffusion.checkpoint import load_slim
 from diffusion.denoiser import Denoiser
+from diffusion.errors import UserError
 from diffusion.network import build_unet
 from diffusion.tasks import get_task
 from samplers import SAMPLERS, SamplerSpec, spaced_timesteps
@@ -29,7 +30,8 @@ def build_denoiser(config: dict) -> Denoiser:
     d = config["diffusion"]
     return Denoiser(net, prediction_type=d["prediction_type"], num_train_timesteps=d["num_train_timesteps"],
                     beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
-                    null_class=task.null_class, class_dropout=d["class_dropout"])
+                    null_class=task.null_class, class_dropout=d["class_dropout"],
+                    objective=d.get("objective", "diffusion"))
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -75,12 +77,26 @@ class Predictor:
         return SamplerSpec(s.get("sampler", "ddim"), int(s.get("steps", 1)), int(s.get("jumps", 1))), \
             int(s.get("ensemble", 1))
 
+    def check_spec(self, spec: SamplerSpec) -> None:
+        """A distilled student samples only at the step count it was distilled for, the regressor only as
+        `regressor:1`, and a regressor checkpoint with nothing else."""
+        where = self.checkpoint or "this model"
+        student_steps = int(self.config.get("distill", {}).get("student_steps") or 0)
+        regressor = self.config.get("diffusion", {}).get("objective", "diffusion") == "regress"
+        if spec.name == "distilled" and spec.steps != student_steps:
+            raise UserError(f"sampler {spec}: {where} is " + (f"a student distilled for {student_steps} steps"
+                            if student_steps else "not a distilled student") + "; train one with configs/*distill*")
+        if (spec.name == "regressor") != regressor:
+            raise UserError(f"sampler {spec}: {where} is " + ("a regressor: use regressor:1" if regressor
+                                                              else "a diffusion model, not a regressor"))
+
     def sample(self, cond: torch.Tensor, labels: torch.Tensor | None, spec: SamplerSpec, ensemble: int,
                seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
         """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e).
         With `flip_members` (config `sample.flip`), odd members see the horizontally mirrored input (test-time
         flip augmentation inside the ensemble). Returns x0 (N*E, C, H, W) float32 on the CPU."""
+        self.check_spec(spec)
         flip = self.flip_members and ensemble > 1
         flipped = (torch.arange(len(seeds) * ensemble) % 2 == 1).view(-1, 1, 1, 1).to(self.device)
 
@@ -126,9 +142,10 @@ class CTInpainter(Predictor):
         tissue_t = torch.from_numpy(np.ascontiguousarray(tissue))
         cond = self.task.condition(known_grey, missing, tissue_t)
         labels = torch.as_tensor(np.asarray(vertebra), dtype=torch.long)
-        x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=cond[:, :1], known_mask=1 - cond[:, 1:2],
+        known = self.task.known(None, cond)
+        x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=known["x0"], known_mask=known["mask"],
                          callback=callback)
-        rep = lambda t: t.repeat_interleave(ensemble, 0)  # noqa: E731
+        rep = lambda t: t.repeat_interleave(ensemble, 0)
         grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))  # (N*E, H, W)
         grey = grey.view(n, ensemble, *grey.shape[-2:])
         out = []

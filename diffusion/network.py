@@ -5,7 +5,9 @@ from diffusers import UNet2DModel
 
 
 def build_unet(model_cfg: dict, *, in_channels: int, out_channels: int, num_class_embeds: int | None) -> UNet2DModel:
-    """`model_cfg` keys: block_out_channels, layers_per_block, attention_levels, norm_num_groups, attention_head_dim."""
+    """`model_cfg` keys: block_out_channels, layers_per_block, attention_levels, norm_num_groups, attention_head_dim,
+    mid_attention (self-attention in the middle block; its cost grows with the square of the image area, so the
+    tumor models, which see whole 400 x 991 images at inference, turn it off)."""
     channels = tuple(model_cfg["block_out_channels"])
     attention = set(model_cfg.get("attention_levels", []))
     down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(len(channels)))
@@ -21,4 +23,5 @@ def build_unet(model_cfg: dict, *, in_channels: int, out_channels: int, num_clas
         attention_head_dim=model_cfg.get("attention_head_dim", 8),
         num_class_embeds=num_class_embeds,
         dropout=model_cfg.get("dropout", 0.0),
+        add_attention=model_cfg.get("mid_attention", True),
     )

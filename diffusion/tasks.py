@@ -2,7 +2,7 @@
 it knows nothing of networks. Channel counts are derived here and handed to the network factory."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,6 +55,10 @@ class CTTask:
         weight = self.loss_weight(batch["missing_mask"], batch["tissue"])
         return target, cond, batch["vertebra"].long(), weight
 
+    def known(self, target: torch.Tensor, cond: torch.Tensor) -> dict:
+        """The pixels samplers replace by the noised truth (RePaint): the known CT, where the mask says known."""
+        return {"x0": cond[:, :1], "mask": 1 - cond[:, 1:2]}
+
     def finalize(self, x0: torch.Tensor, known_grey: torch.Tensor, missing_mask: torch.Tensor,
                  tissue: torch.Tensor) -> torch.Tensor:
         """Samples in [-1, 1] (N, 1, H, W) -> float grey (N, H, W): known pixels kept exactly, outside body 0."""
@@ -75,6 +79,7 @@ class TumorTask:
     num_classes: int = 0          # no class labels
     metric: str = "dice"
     higher_is_better: bool = True
+    tumor_weight: float = 1.0     # loss weight of a tumor pixel relative to background (~1% of pixels are tumor)
 
     @property
     def null_class(self) -> None:
@@ -88,16 +93,24 @@ class TumorTask:
         position = (rows / MAX_HEIGHT * 2 - 1).view(n, h, 1).expand(n, h, w)
         return torch.stack([uptake, position], 1)
 
+    def known(self, target: torch.Tensor, cond: torch.Tensor) -> None:
+        """No pixel of the mask is known."""
+        return
+
     def training_batch(self, batch: dict[str, torch.Tensor]):
         target = (batch["label"].float() * 2 - 1).unsqueeze(1)
         cond = self.condition(batch["image"], batch["row0"])
-        return target, cond, None, torch.ones_like(target)
+        weight = 1.0 + (self.tumor_weight - 1.0) * batch["label"].float().unsqueeze(1)
+        return target, cond, None, weight
 
 
 TASKS = {"ct": CTTask(), "tumor": TumorTask()}
 
 
-def get_task(name: str):
+def get_task(name: str, data_config: dict | None = None):
+    """The task by name; `data_config` (the config's `data` section) sets its training options."""
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    if name == "tumor" and data_config and "tumor_weight" in data_config:
+        return replace(TASKS[name], tumor_weight=float(data_config["tumor_weight"]))
     return TASKS[name]

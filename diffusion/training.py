@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion.data import CTTrainDataset, load_ct_slices, resolve_task_root, split_indices
+from diffusion.data import (
+    CTTrainDataset,
+    load_ct_slices,
+    resolve_task_root,
+    split_indices,
+)
 from diffusion.data.tumor import TumorTrainDataset, load_tumor_cases
 from diffusion.inference import CTInpainter, TumorSegmenter, build_denoiser, to_uint8
 from eval.metrics import dice_score, image_mae

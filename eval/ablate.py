@@ -5,6 +5,9 @@
 
 Writes results.csv (sampler,steps,nfe,ensemble,mae,seconds_per_image) and pareto.png. It reuses infer.py's
 code path (`infer.run_task`): one way to sample and score.
+
+`distilled:K` runs the student distilled for K steps and `regressor:1` the regressor baseline: they are other
+checkpoints, given with `--models PATH,PATH` (default: the task's other released checkpoints in checkpoints/).
 """
 from __future__ import annotations
 
@@ -15,13 +18,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
 
-import infer  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.inference import RELEASED, load_predictor  # noqa: E402
-from samplers import parse_spec  # noqa: E402
+import infer
+from diffusion.errors import UserError, run_cli
+from diffusion.inference import RELEASED, Predictor, load_predictor
+from samplers import parse_spec
 
 METRICS = {"ct": "mae", "tumor": "dice"}
 
@@ -46,6 +49,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def pick_predictor(spec, predictors: list[Predictor]) -> Predictor:
+    """The first predictor (the main checkpoint, then --models) whose checkpoint can run `spec`."""
+    for predictor in predictors:
+        try:
+            predictor.check_spec(spec)
+            return predictor
+        except UserError:
+            continue
+    raise UserError(f"sampler {spec}: no checkpoint can run it ({', '.join(p.checkpoint for p in predictors)}); "
+                    f"pass the distilled student or the regressor with --models")
+
+
+def other_models(task: str, text: str | None, main: Path) -> list[Path]:
+    if text:
+        paths = [Path(t.strip()) for t in text.split(",") if t.strip()]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"--models: {path} does not exist")
+        return paths
+    released = RELEASED[task]
+    return sorted(p for p in released.parent.glob(f"{released.stem}_*.safetensors") if p.resolve() != main.resolve())
+
+
 def plot_pareto(rows: list[dict], path: Path, metric: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for ens in sorted({r["ensemble"] for r in rows}):
@@ -68,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--task", required=True, choices=["ct", "tumor"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--models", default=None,
+                   help="comma-separated checkpoints for distilled:K and regressor:1 (default: the task's other "
+                        "released checkpoints)")
     p.add_argument("--samplers", required=True, help="comma-separated NAME:STEPS specs (repaint: STEPSxJUMPS)")
     p.add_argument("--ensemble", default="1", help="comma-separated ensemble sizes")
     p.add_argument("--limit", type=int, default=None)
@@ -81,13 +110,19 @@ def main(argv=None) -> int:
     columns = ["sampler", "steps", "nfe", "ensemble", metric, "seconds_per_image"]
     specs = parse_list(args.samplers, parse_spec, "samplers")
     ensembles = parse_list(args.ensemble, positive_int, "ensemble")
-    predictor = load_predictor(args.task, args.checkpoint or RELEASED[args.task], device=args.device)
+    main_path = Path(args.checkpoint or RELEASED[args.task])
+    predictors = [load_predictor(args.task, main_path, device=args.device)]
+    if any(s.name in ("distilled", "regressor") for s in specs):
+        predictors += [load_predictor(args.task, path, device=args.device)
+                       for path in other_models(args.task, args.models, main_path)]
+    for spec in specs:  # fail before the first (long) setting, not in the middle
+        pick_predictor(spec, predictors)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     settings = [(s, e) for s in specs for e in ensembles]
     for spec, ens in tqdm(settings, desc="settings"):
-        metrics = infer.run_task(args, predictor, spec, ens, out=None, progress=False)
+        metrics = infer.run_task(args, pick_predictor(spec, predictors), spec, ens, out=None, progress=False)
         row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
                metric: round(metrics.get(metric, float("nan")), 4),
                "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}

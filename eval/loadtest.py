@@ -27,7 +27,7 @@ from diffusion.errors import run_cli
 def ct_bodies(root: Path, n: int) -> list[bytes]:
     bodies = []
     for sid in list_ct_ids(root)[:n]:
-        read = lambda folder, name: base64.b64encode((root / folder / name).read_bytes()).decode()  # noqa: E731
+        read = lambda folder, name: base64.b64encode((root / folder / name).read_bytes()).decode()
         bodies.append(json.dumps({
             "corrupted_image": read("corrupted", f"corrupted_{sid}.png"), "tissue_image": read("tissue", f"tissue_{sid}.png"),
             "mask_image": read("mask", f"mask_{sid}.png"),

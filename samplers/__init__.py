@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from samplers.ddim import sample_ddim, sample_ddpm
+from samplers.ddim import sample_ddim, sample_ddpm, sample_distilled, sample_regressor
 from samplers.repaint import sample_repaint
 from samplers.schedules import repaint_jump_schedule, spaced_timesteps
 
@@ -18,6 +18,8 @@ SAMPLERS = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "repaint": sample_repaint,
+    "distilled": sample_distilled,   # a student of `diffusion.distill`; steps = the student's step count
+    "regressor": sample_regressor,   # the regressor baseline: always one evaluation
 }
 
 REPAINT_JUMP_LENGTH = 10
@@ -68,7 +70,9 @@ def parse_spec(text: str) -> SamplerSpec:
         raise ValueError(f"sampler spec {text!r}: steps and jumps must be integers") from None
     if steps < 1 or jumps < 1:
         raise ValueError(f"sampler spec {text!r}: steps and jumps must be >= 1")
+    if name == "regressor" and steps != 1:
+        raise ValueError(f"sampler spec {text!r}: the regressor takes exactly one step (regressor:1)")
     return SamplerSpec(name, steps, jumps)
 
 
-__all__ = ["SAMPLERS", "SamplerSpec", "parse_spec", "spaced_timesteps", "repaint_jump_schedule"]
+__all__ = ["SAMPLERS", "SamplerSpec", "parse_spec", "repaint_jump_schedule", "spaced_timesteps"]

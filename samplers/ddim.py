@@ -52,3 +52,23 @@ def sample_ddpm(model, x, timesteps, extra_args=None, callback=None, disable=Non
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
     return x
+
+
+@torch.no_grad()
+def sample_distilled(model, x, timesteps, extra_args=None, callback=None, disable=None, known=None, generator=None):
+    """A progressively distilled student (`diffusion.distill`): deterministic DDIM on the student's own grid,
+    with the known pixels replaced by the noised truth before every step. `timesteps` must be the grid the
+    student was distilled for (`Predictor` checks the step count against the checkpoint)."""
+    return sample_ddim(model, x, timesteps, extra_args, callback, disable, known, generator)
+
+
+@torch.no_grad()
+def sample_regressor(model, x, timesteps, extra_args=None, callback=None, disable=None, known=None, generator=None):
+    """The deterministic regressor baseline (`diffusion.objective: regress`): one network evaluation on a zero
+    input at the last timestep; the starting noise and `timesteps` are ignored."""
+    extra_args = extra_args or {}
+    t = model.num_train_timesteps - 1
+    x0, _ = model(torch.zeros_like(x), torch.tensor(t), **extra_args)
+    if callback is not None:
+        callback({"i": 0, "t": t, "x": x0, "denoised": x0})
+    return x0

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from diffusion.checkpoint import latest_full_state, list_full_states, load_slim, save_full_state, save_slim
+from diffusion.checkpoint import (
+    latest_full_state,
+    list_full_states,
+    load_slim,
+    save_full_state,
+    save_slim,
+)
 from diffusion.config import DEFAULTS, load_config
 from diffusion.errors import CheckpointError, UserError
 from diffusion.inference import build_denoiser

@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from diffusion.data import CTTrainDataset, load_ct_slices, random_mask, resolve_task_root, split_indices, split_patients
+from diffusion.data import (
+    CTTrainDataset,
+    load_ct_slices,
+    random_mask,
+    resolve_task_root,
+    split_indices,
+    split_patients,
+)
 from diffusion.data.images import write_png
 from diffusion.errors import DataError
 

@@ -93,3 +93,19 @@ def test_config_overrides_and_unknown_keys():
         apply_overrides(DEFAULTS, ["diffusion.nope=1"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         apply_overrides(DEFAULTS, ["diffusion.loss"])
+
+
+def test_tumor_weight_scales_only_tumor_pixels():
+    import torch
+
+    from diffusion.tasks import get_task
+
+    label = torch.zeros(2, 4, 6, dtype=torch.uint8)
+    label[0, 1:3, 2:4] = 1
+    batch = {"image": torch.full((2, 4, 6), 200, dtype=torch.uint8), "label": label, "row0": torch.tensor([0, 10])}
+    target, cond, labels, weight = get_task("tumor", {"tumor_weight": 5.0}).training_batch(batch)
+    assert labels is None and target.shape == weight.shape == (2, 1, 4, 6)
+    assert torch.equal(weight[:, 0] == 5.0, label.bool()) and torch.all(weight[:, 0][label == 0] == 1.0)
+    # without the option every pixel weighs the same
+    assert torch.all(get_task("tumor").training_batch(batch)[3] == 1.0)
+    assert get_task("tumor", {"tumor_weight": 5.0}) is not get_task("tumor")

@@ -8,7 +8,12 @@ import torch
 import infer
 from diffusion.checkpoint import load_slim
 from diffusion.data.images import read_png, write_png
-from diffusion.data.tumor import TumorTrainDataset, crop_back, load_tumor_cases, pad_to_multiple
+from diffusion.data.tumor import (
+    TumorTrainDataset,
+    crop_back,
+    load_tumor_cases,
+    pad_to_multiple,
+)
 from diffusion.errors import DataError
 from diffusion.inference import TumorSegmenter
 from diffusion.tasks import get_task
@@ -75,7 +80,7 @@ def test_tumor_crops_contain_tumor_more_often(tumor_root):
     cases = load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
     biased = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
     uniform = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.0)
-    hits = lambda ds: sum(ds[i % 3]["label"].max().item() for i in range(30) for _ in [ds.set_epoch(i)])  # noqa: E731
+    hits = lambda ds: sum(ds[i % 3]["label"].max().item() for i in range(30) for _ in [ds.set_epoch(i)])
     assert hits(biased) == 30 and hits(uniform) < 30
     item = biased[0]
     assert item["image"].shape == (64, 64) and set(item["label"].unique().tolist()) <= {0, 1}

@@ -90,7 +90,7 @@ class CTSlices:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, indices) -> "CTSlices":
+    def subset(self, indices) -> CTSlices:
         idx = np.asarray(list(indices), dtype=np.int64)
         return CTSlices([self.ids[i] for i in idx], self.corrupted[idx], self.missing_mask[idx], self.tissue[idx],
                         self.vertebra[idx], None if self.ct is None else self.ct[idx])
@@ -107,7 +107,7 @@ def load_ct_slices(root: Path, ids: list[str] | None = None, need_truth: bool = 
     with ThreadPoolExecutor(4) as pool:
         items = list(tqdm(pool.map(lambda s: read_slice(root, s, with_truth), ids), total=len(ids),
                           desc="reading CT slices", disable=not progress, leave=False))
-    stack = lambda key: np.stack([it[key] for it in items]) if items else np.zeros((0, SIZE, SIZE), np.uint8)  # noqa: E731
+    stack = lambda key: np.stack([it[key] for it in items]) if items else np.zeros((0, SIZE, SIZE), np.uint8)
     return CTSlices(ids=list(ids), corrupted=stack("corrupted"), missing_mask=(stack("mask") > 0).astype(np.uint8),
                     tissue=stack("tissue"), vertebra=np.array([it["vertebra"] for it in items], np.int64),
                     ct=stack("ct") if with_truth else None)
@@ -149,6 +149,6 @@ class CTTrainDataset(torch.utils.data.Dataset):
         ct, tissue, missing = ct[window], tissue[window], missing[window]
         if self.flip and rng.random() < 0.5:
             ct, tissue, missing = ct[:, ::-1], tissue[:, ::-1], missing[:, ::-1]
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))
         return {"ct": as_tensor(ct), "tissue": as_tensor(tissue), "missing_mask": as_tensor(missing),
                 "vertebra": torch.tensor(int(s.vertebra[index]))}

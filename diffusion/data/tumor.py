@@ -86,7 +86,7 @@ class TumorCases:
     def patients(self) -> list[str]:
         return self.ids
 
-    def subset(self, indices) -> "TumorCases":
+    def subset(self, indices) -> TumorCases:
         idx = list(indices)
         return TumorCases([self.ids[i] for i in idx], [self.images[i] for i in idx],
                           None if self.labels is None else [self.labels[i] for i in idx],

@@ -1,0 +1,99 @@
+"""Progressive distillation (Salimans & Ho, ICLR 2022, Algorithm 2): a student learns to take in one
+deterministic DDIM step what its teacher takes in two, so each round halves the number of sampling steps.
+
+The teacher is a trained model at `teacher_steps` DDIM steps (or an earlier student, which brings its own step
+count); the student starts from the teacher's weights and samples on the grid `spaced_timesteps(T, K)` with
+K = teacher_steps / 2. These grids nest (`spaced_timesteps(T, 2K)[::2] == spaced_timesteps(T, K)`), so the
+teacher's two steps from a student timestep land exactly on the next student timestep.
+
+The student keeps the teacher's parameterisation (x0 for the released CT model: the x-prediction is one of the
+parameterisations Salimans & Ho found stable for distillation, and changing it would mean retraining the teacher).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffusion.checkpoint import load_slim
+from diffusion.errors import UserError
+from samplers.schedules import spaced_timesteps
+
+
+def plan_round(config: dict, teacher_config: dict) -> dict:
+    """The student's resolved config: the teacher's network and schedule, half its steps, the distilled sampler."""
+    dc = config["distill"]
+    teacher_steps = int(teacher_config.get("distill", {}).get("student_steps") or dc["teacher_steps"])
+    if teacher_steps < 2 or teacher_steps % 2:
+        raise UserError(f"distill.teacher {dc['teacher']}: the teacher samples in {teacher_steps} steps; "
+                        f"distillation needs an even number >= 2")
+    if teacher_config.get("diffusion", {}).get("objective", "diffusion") != "diffusion":
+        raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
+    student = dict(config)
+    student["model"] = teacher_config["model"]
+    student["diffusion"] = dict(teacher_config["diffusion"])
+    student["distill"] = {**dc, "teacher_steps": teacher_steps, "student_steps": teacher_steps // 2}
+    student["sample"] = {**config["sample"], "sampler": "distilled", "steps": teacher_steps // 2}
+    return student
+
+
+def load_teacher(config: dict, build_denoiser):
+    """(teacher denoiser frozen in eval mode, teacher config)."""
+    state, teacher_config, _ = load_slim(config["distill"]["teacher"], expected_task=config["task"])
+    teacher = build_denoiser(teacher_config)
+    teacher.net.load_state_dict(state)
+    teacher.eval().requires_grad_(False)
+    return teacher, teacher_config
+
+
+class DistillationLoss(nn.Module):
+    """forward(target, cond, class_labels, weight) -> per-sample loss, like the training loss it replaces.
+
+    For a random student step t -> t'' the teacher takes two DDIM steps t -> t' -> t'' from x_t (with the known
+    pixels replaced by the noised truth at t', as the samplers do); the student's target is the x0 that makes a
+    single DDIM step from x_t land on the teacher's x_t'' (Salimans & Ho, Algorithm 2)."""
+
+    def __init__(self, student, teacher, student_steps: int, known_fn=None):
+        super().__init__()
+        self.denoiser = student
+        self.teacher = teacher
+        self.known_fn = known_fn  # (target, cond) -> {"x0", "mask"} or None
+        self.student_steps = student_steps
+        grid = spaced_timesteps(student.num_train_timesteps, 2 * student_steps) + [-1]
+        self.register_buffer("grid", torch.tensor(grid), persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha, sigma with t = -1 meaning the clean image (1, 0)."""
+        a, s = self.denoiser.alpha_sigma(t.clamp_min(0))
+        clean = (t < 0).view(-1, 1, 1, 1)
+        return torch.where(clean, torch.ones_like(a), a), torch.where(clean, torch.zeros_like(s), s)
+
+    @torch.no_grad()
+    def teacher_target(self, x_t, t, t_mid, t_next, cond, class_labels, known) -> torch.Tensor:
+        x0, eps = self.teacher(x_t, t, cond, class_labels)
+        a, s = self._alpha_sigma(t_mid)
+        x_mid = a * x0 + s * eps
+        if known is not None:
+            noised = a * known["x0"] + s * torch.randn_like(x_mid)
+            x_mid = torch.where(known["mask"] > 0, noised, x_mid)
+        x0, eps = self.teacher(x_mid, t_mid, cond, class_labels)
+        a_n, s_n = self._alpha_sigma(t_next)
+        x_next = a_n * x0 + s_n * eps
+        a_t, s_t = self._alpha_sigma(t)
+        ratio = s_n / s_t
+        return (x_next - ratio * x_t) / (a_n - ratio * a_t)
+
+    def forward(self, target, cond, class_labels, weight):
+        n = target.shape[0]
+        step = torch.randint(0, self.student_steps, (n,), device=target.device)
+        grid = self.grid.to(target.device)
+        t, t_mid, t_next = grid[2 * step], grid[2 * step + 1], grid[2 * step + 2]
+        x_t = self.denoiser.add_noise(target, torch.randn_like(target), t)
+        known = self.known_fn(target, cond) if self.known_fn is not None else None
+        x0_target = self.teacher_target(x_t, t, t_mid, t_next, cond, class_labels, known).clamp(-1, 1)
+        out = self.denoiser.raw(x_t, t, cond, class_labels)
+        return self.denoiser.weighted_loss(out, self.denoiser.prediction_target(x_t, t, x0_target), weight)

@@ -1,0 +1,134 @@
+"""Progressive distillation, the distilled sampler and the regressor baseline, on tiny generated data."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import train_diffusion
+from diffusion.checkpoint import load_slim
+from diffusion.config import load_config
+from diffusion.distill import DistillationLoss
+from diffusion.errors import UserError
+from diffusion.inference import CTInpainter, build_denoiser
+from samplers import SAMPLERS, SamplerSpec, parse_spec
+from tests.conftest import REPO, write_ct_layout
+
+DISTILL_TINY = str(REPO / "configs/ct_distill_tiny.yaml")
+TINY = str(REPO / "configs/ct_tiny.yaml")
+
+
+def distill(tmp_path, teacher, out: str, *extra: str):
+    return train_diffusion.main(["--config", DISTILL_TINY, "--out", str(tmp_path / out), "--data-root",
+                                 str(tmp_path / "data"), "--set", f"distill.teacher={teacher}", *extra])
+
+
+@pytest.fixture
+def student_runs(trained_tiny, tmp_path):
+    """Two distillation rounds from the tiny teacher: 4 DDIM steps -> 2 -> 1."""
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    assert distill(tmp_path, trained_tiny / "last.safetensors", "round1") == 0
+    assert distill(tmp_path, tmp_path / "round1" / "last.safetensors", "round2") == 0
+    return tmp_path
+
+
+def test_each_round_halves_the_step_count_in_its_saved_config(student_runs, trained_tiny):
+    teacher_state, teacher_config, _ = load_slim(trained_tiny / "last.safetensors")
+    for run, steps in [("round1", 2), ("round2", 1)]:
+        state, config, extra = load_slim(student_runs / run / "last.safetensors", expected_task="ct")
+        assert config["distill"]["student_steps"] == steps and extra["step"] == 2
+        assert (config["sample"]["sampler"], config["sample"]["steps"]) == ("distilled", steps)
+        assert config["model"] == teacher_config["model"]
+    # the student starts from the teacher: two small steps away from its weights, not from a random network
+    state, _, _ = load_slim(student_runs / "round1" / "last.safetensors")
+    assert max(float((state[k].float() - v.float()).abs().max()) for k, v in teacher_state.items()) < 0.05
+    # a one-step student cannot be halved again
+    with pytest.raises(UserError, match="even number"):
+        distill(student_runs, student_runs / "round2" / "last.safetensors", "round3")
+
+
+def test_distillation_target_lands_on_the_teachers_two_steps():
+    """One DDIM step of the student from x_t with the target x0 reaches exactly where two teacher steps go."""
+    torch.manual_seed(0)
+    config = load_config(TINY)
+    teacher = build_denoiser(config).eval()
+    loss = DistillationLoss(build_denoiser(config), teacher, student_steps=2)
+    grid = loss.grid.tolist()
+    assert grid == [999, 749, 499, 249, -1]
+    x0 = torch.rand(2, 1, 16, 16) * 2 - 1
+    cond, labels = torch.rand(2, 4, 16, 16), torch.tensor([3, 7])
+    for i in range(2):  # the middle step and the last step (to the clean image)
+        t, t_mid, t_next = (torch.full((2,), grid[2 * i + k]) for k in range(3))
+        x_t = teacher.add_noise(x0, torch.randn_like(x0), t)
+        target = loss.teacher_target(x_t, t, t_mid, t_next, cond, labels, None)
+        seen = []
+        steps = [g for g in grid[2 * i:2 * i + 3] if g >= 0]  # ending at -1 means ending on the clean image
+        SAMPLERS["ddim"](teacher, x_t, steps, extra_args={"cond": cond, "class_labels": labels},
+                         callback=seen.append)
+        teacher_next = seen[1]["x"]
+        a_t, s_t = loss._alpha_sigma(t)
+        a_n, s_n = loss._alpha_sigma(t_next)
+        student_next = a_n * target + s_n * (x_t - a_t * target) / s_t
+        assert torch.allclose(student_next, teacher_next, atol=1e-4)
+    out = loss(x0, cond, labels, torch.ones_like(x0))
+    assert out.shape == (2,) and torch.isfinite(out).all()
+    out.mean().backward()  # gradients reach the student only
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None for p in loss.denoiser.parameters())
+
+
+def test_distilled_sampler_runs_with_known_pixels_and_ensembles_and_checks_the_step_count(student_runs):
+    inpainter = CTInpainter.from_checkpoint(student_runs / "round1" / "last.safetensors")
+    rng = np.random.default_rng(0)
+    corrupted = rng.integers(0, 255, (1, 32, 32), dtype=np.uint8)
+    missing = np.zeros((1, 32, 32), np.uint8)
+    missing[:, 8:20, 8:20] = 1
+    corrupted[missing > 0] = 0
+    tissue = np.full((1, 32, 32), 100, np.uint8)
+    pred = inpainter.predict_batch(corrupted, missing, tissue, np.array([4]), ensemble=3)[0]  # default: distilled:2
+    assert np.array_equal(pred.image[missing[0] == 0], corrupted[0][missing[0] == 0].astype(np.float32))
+    assert pred.uncertainty[missing[0] > 0].max() > 0 and pred.uncertainty[missing[0] == 0].max() == 0
+    with pytest.raises(UserError, match="distilled for 2 steps"):
+        inpainter.predict_batch(corrupted, missing, tissue, np.array([4]), spec=SamplerSpec("distilled", 4))
+
+
+def test_regressor_trains_deterministically_and_only_runs_as_regressor(tmp_path, trained_tiny):
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    assert train_diffusion.main(["--config", TINY, "--out", str(tmp_path / "reg"), "--data-root",
+                                 str(tmp_path / "data"), "--set", "diffusion.objective=regress",
+                                 "--set", "sample.sampler=regressor", "--set", "sample.steps=1"]) == 0
+    denoiser = build_denoiser(load_config(TINY) | {"diffusion": {**load_config(TINY)["diffusion"],
+                                                                  "objective": "regress"}})
+    x0, cond = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 4, 16, 16)
+    labels, weight = torch.tensor([1, 2]), torch.ones(2, 1, 16, 16)
+    denoiser.eval()
+    assert torch.equal(denoiser.loss(x0, cond, labels, weight), denoiser.loss(x0, cond, labels, weight))
+    regressor = CTInpainter.from_checkpoint(tmp_path / "reg" / "last.safetensors")
+    assert regressor.default_spec()[0] == SamplerSpec("regressor", 1)
+    with pytest.raises(UserError, match="a regressor"):
+        regressor.check_spec(parse_spec("ddim:2"))
+    diffusion = CTInpainter.from_checkpoint(trained_tiny / "last.safetensors")
+    with pytest.raises(UserError, match="not a regressor"):
+        diffusion.check_spec(parse_spec("regressor:1"))
+    with pytest.raises(UserError, match="not a distilled student"):
+        diffusion.check_spec(parse_spec("distilled:1"))
+
+
+def test_ablation_picks_the_checkpoint_each_sampler_needs(student_runs, trained_tiny, tmp_path):
+    from eval import ablate
+
+    write_ct_layout(tmp_path / "small" / "ct-inpainting", patients=2, slices=1)
+    args = ["--task", "ct", "--data-root", str(tmp_path / "small"), "--checkpoint", str(trained_tiny / "last.safetensors"),
+            "--ensemble", "1", "--split", "all", "--out", str(tmp_path / "abl")]
+    students = f"{student_runs / 'round1' / 'last.safetensors'},{student_runs / 'round2' / 'last.safetensors'}"
+    assert ablate.main(args + ["--samplers", "ddim:4,distilled:2,distilled:1", "--models", students]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim:4", "4"), ("distilled:2", "2"), ("distilled:1", "1")]
+    with pytest.raises(UserError, match="no checkpoint can run it"):
+        ablate.main(args + ["--samplers", "distilled:4", "--models", students])
+
+
+def test_parse_spec_rejects_a_multi_step_regressor():
+    assert parse_spec("regressor:1").nfe == 1 and parse_spec("distilled:4").nfe == 4
+    with pytest.raises(ValueError, match="exactly one step"):
+        parse_spec("regressor:4")
