@@ -4,8 +4,9 @@
 
 * The model is loaded once at start-up. `GET /` says the endpoint is running, `GET /api` gives service and uptime.
 * Deadline: the service keeps a running estimate of the seconds per network evaluation and, when the default
-  setting would run past `--budget` seconds, degrades (fewer ensemble members first, then fewer steps). The
-  setting used is in the `X-Sampler` response header and the log.
+  setting would run past `--budget` seconds counted from the request's arrival (time queued behind other
+  requests included), degrades (fewer ensemble members first, then fewer steps). The setting used is in the
+  `X-Sampler` response header and the log.
 * Concurrency: one inference at a time behind an asyncio lock (a queue in arrival order): two inferences on two
   cores would each run at half speed and both risk the deadline, where one after the other the first answers at
   full speed. A request whose client has gone is dropped before it starts, and cancelled between sampler steps
@@ -100,8 +101,11 @@ class Deadline:
         self.budget_s = budget_s
         self.seconds_per_nfe = seconds_per_nfe  # per network evaluation of one sample, updated from every request
 
-    def plan(self, spec: SamplerSpec, ensemble: int) -> Plan:
-        fits = lambda s, e: s.nfe * e * self.seconds_per_nfe <= self.budget_s
+    def plan(self, spec: SamplerSpec, ensemble: int, waited_s: float = 0.0) -> Plan:
+        """`waited_s`: seconds the request already spent queued behind others; they count against the budget,
+        so an answer is late neither because the model is slow nor because the queue is long."""
+        budget = self.budget_s - waited_s
+        fits = lambda s, e: s.nfe * e * self.seconds_per_nfe <= budget
         while ensemble > 1 and not fits(spec, ensemble):
             ensemble -= 1
         while spec.steps > 1 and spec.name != "distilled" and not fits(spec, ensemble):  # a student has one grid
@@ -244,9 +248,9 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
             if await request.is_disconnected():
                 log.info("request %s dropped: client disconnected while queued", request_id)
                 return JSONResponse({"detail": "client disconnected"}, status_code=499)
-            # the budget counts from the moment work can start: time spent queued is the queue's, not the model's
+            # the budget counts from the request's arrival: time spent queued leaves less for sampling
             default = service.default_plan()
-            plan = deadline.plan(default.spec, default.ensemble)
+            plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived)
             cancel = threading.Event()
 
             def callback(_state):

@@ -116,6 +116,15 @@ def test_deadline_plan_keeps_the_default_when_it_fits():
     assert d.plan(SamplerSpec("repaint", 50, 10), 1).spec.nfe * 0.1 <= 8.0
 
 
+def test_deadline_counts_time_spent_queued():
+    from samplers import SamplerSpec
+
+    d = serve.Deadline(8.0, 0.1)
+    assert str(d.plan(SamplerSpec("ddim", 4), 4, waited_s=0.0)) == "ddim:4 E=4"    # 1.6 s of 8
+    assert str(d.plan(SamplerSpec("ddim", 4), 4, waited_s=7.0)) == "ddim:4 E=2"    # 0.8 s of the 1 s left
+    assert str(d.plan(SamplerSpec("ddim", 4), 4, waited_s=9.0)) == "ddim:1 E=1"    # over: the cheapest answer
+
+
 @pytest.fixture(scope="module")
 def tumor_client(trained_tumor_tiny):
     from diffusion.inference import TumorSegmenter
