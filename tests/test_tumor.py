@@ -146,3 +146,18 @@ def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_roo
     report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
     assert config["sample"]["threshold"] == report["threshold"] and extra["threshold_images"] == 3
     assert report["dice"] == max(report["sweep"].values())
+
+
+def test_ablation_harness_scores_tumor_by_dice(trained_tumor_tiny, tumor_root, tmp_path):
+    import csv
+
+    from eval import ablate
+
+    assert ablate.main(["--task", "tumor", "--data-root", str(tumor_root), "--checkpoint",
+                        str(trained_tumor_tiny / "last.safetensors"), "--samplers", "ddim:1,ddim:2",
+                        "--ensemble", "1,3", "--split", "all", "--models", "", "--out", str(tmp_path / "abl")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    assert list(rows[0]) == ["sampler", "steps", "nfe", "ensemble", "dice", "seconds_per_image"]
+    assert [(r["sampler"], r["nfe"], r["ensemble"]) for r in rows] == [
+        ("ddim:1", "1", "1"), ("ddim:1", "1", "3"), ("ddim:2", "2", "1"), ("ddim:2", "2", "3")]
+    assert all(0 <= float(r["dice"]) <= 1 and float(r["seconds_per_image"]) > 0 for r in rows)
