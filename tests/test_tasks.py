@@ -103,7 +103,7 @@ def test_tumor_weight_scales_only_tumor_pixels():
     label = torch.zeros(2, 4, 6, dtype=torch.uint8)
     label[0, 1:3, 2:4] = 1
     batch = {"image": torch.full((2, 4, 6), 200, dtype=torch.uint8), "label": label, "row0": torch.tensor([0, 10])}
-    target, cond, labels, weight = get_task("tumor", {"tumor_weight": 5.0}).training_batch(batch)
+    target, _cond, labels, weight = get_task("tumor", {"tumor_weight": 5.0}).training_batch(batch)
     assert labels is None and target.shape == weight.shape == (2, 1, 4, 6)
     assert torch.equal(weight[:, 0] == 5.0, label.bool()) and torch.all(weight[:, 0][label == 0] == 1.0)
     # without the option every pixel weighs the same

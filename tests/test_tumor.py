@@ -156,7 +156,8 @@ def test_ablation_harness_scores_tumor_by_dice(trained_tumor_tiny, tumor_root, t
     assert ablate.main(["--task", "tumor", "--data-root", str(tumor_root), "--checkpoint",
                         str(trained_tumor_tiny / "last.safetensors"), "--samplers", "ddim:1,ddim:2",
                         "--ensemble", "1,3", "--split", "all", "--models", "", "--out", str(tmp_path / "abl")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    with open(tmp_path / "abl" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["sampler", "steps", "nfe", "ensemble", "dice", "seconds_per_image"]
     assert [(r["sampler"], r["nfe"], r["ensemble"]) for r in rows] == [
         ("ddim:1", "1", "1"), ("ddim:1", "1", "3"), ("ddim:2", "2", "1"), ("ddim:2", "2", "3")]
