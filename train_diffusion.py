@@ -32,12 +32,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import (
-    latest_full_state,
-    load_slim,
-    save_full_state,
-    save_slim,
-)
+from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
 from diffusion.config import apply_overrides, dump_config, load_config
 from diffusion.distill import DistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
