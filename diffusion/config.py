@@ -18,6 +18,7 @@ DEFAULTS: dict = {
         "generated_mask_prob": 0.5,  # else a real mask of another slice
         "flip": True,
         "controls": True,            # tumor: healthy controls as negatives in training
+        "control_fraction": None,    # tumor: share of training items from the controls (None: as many as exist)
         "tumor_crop_prob": 0.5,      # tumor: share of crops centred near a tumor pixel
         "tumor_weight": 1.0,         # tumor: loss weight of a tumor pixel (background: 1)
     },

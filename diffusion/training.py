@@ -56,7 +56,7 @@ def load_training_data(config: dict, data_root, progress: bool):
                                    flip=dc["flip"], seed=config["seed"])
     else:
         train_set = TumorTrainDataset(train, crop_size=dc["crop_size"], tumor_crop_prob=dc["tumor_crop_prob"],
-                                      flip=dc["flip"], seed=config["seed"])
+                                      flip=dc["flip"], seed=config["seed"], control_fraction=dc["control_fraction"])
     val_cases = cases.subset(val_idx)
     val = val_cases.subset(validation_subset([patients[i] for i in val_idx], tc["val_slices"])) if val_idx else None
     summary = (f"train {len(train_idx)} / val {len(val_idx)} {'slices' if task == 'ct' else 'images'} "

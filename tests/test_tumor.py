@@ -86,6 +86,19 @@ def test_tumor_crops_contain_tumor_more_often(tumor_root):
     assert item["image"].shape == (64, 64) and set(item["label"].unique().tolist()) <= {0, 1}
 
 
+def test_control_fraction_sets_the_share_of_control_items(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
+    assert sum(cases.is_control) == 2 and len(cases) == 5
+    hits = lambda ds: [ds[i]["label"].max().item() for i in range(len(ds)) for _ in range(4) if not ds.set_epoch(_)]
+    only_patients = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=0.0)
+    only_controls = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=1.0)
+    natural = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
+    assert all(hits(only_patients)) and not any(hits(only_controls))
+    assert sum(hits(natural)) == 3 * 4  # every image once per epoch: the 3 patients' crops hold tumor
+    with pytest.raises(ValueError, match="control_fraction"):
+        TumorTrainDataset(cases, control_fraction=1.5)
+
+
 def test_dice_formula():
     a = np.zeros((4, 4), np.uint8)
     b = a.copy()

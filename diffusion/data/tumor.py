@@ -128,15 +128,22 @@ def crop_back(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class TumorTrainDataset(torch.utils.data.Dataset):
     """Square crops; with probability `tumor_crop_prob` (patients only) the crop is centred near a random tumor
     pixel (the class is ~1% of pixels). Images are padded with background (255) when shorter than the crop.
+    `control_fraction` (None: every image equally often, so the 426 controls outnumber the 120 training patients)
+    is the share of items drawn from the healthy controls; the rest come from the patients, each group uniformly.
     Items: image and label crops and the crop's first row (for the vertical position channel); deterministic in
     (seed, epoch, index)."""
 
     def __init__(self, cases: TumorCases, crop_size: int = 256, tumor_crop_prob: float = 0.5, flip: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, control_fraction: float | None = None):
         if cases.labels is None:
             raise DataError("training needs the labels (patients/labels)")
+        if control_fraction is not None and not 0.0 <= control_fraction <= 1.0:
+            raise ValueError(f"data.control_fraction {control_fraction}: must be between 0 and 1 (or null)")
         self.cases, self.crop_size, self.tumor_crop_prob = cases, crop_size, tumor_crop_prob
         self.flip, self.seed, self.epoch = flip, seed, 0
+        self.control_fraction = control_fraction
+        control = list(cases.is_control) or [False] * len(cases)
+        self.groups = ([i for i in range(len(cases)) if not control[i]], [i for i in range(len(cases)) if control[i]])
         self.tumor_pixels = [np.argwhere(lab > 0) for lab in cases.labels]
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,6 +154,9 @@ class TumorTrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.control_fraction is not None and all(self.groups):
+            group = self.groups[int(rng.random() < self.control_fraction)]
+            index = group[int(rng.integers(len(group)))]
         c = self.crop_size
         image, label = self.cases.images[index], self.cases.labels[index]
         h, w = image.shape
