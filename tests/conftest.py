@@ -1,13 +1,14 @@
 """Tiny generated data in the competition's CT layout (tests never read the real data unless they say so)."""
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from diffusion.data.images import write_png
+from diffusion.data.images import encode_png, write_png
 from diffusion.data.masks import random_mask
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +26,17 @@ def make_ct_slice(rng: np.random.Generator, size: int = 256):
     missing = random_mask(rng, size)
     corrupted = np.where(missing > 0, 0, ct).astype(np.uint8)
     return ct, corrupted, missing * 255, tissue
+
+
+def b64(image: np.ndarray) -> str:
+    return base64.b64encode(encode_png(image)).decode()
+
+
+def ct_request(seed: int, vertebrae: int = 12) -> dict:
+    """A CT inpainting request body in the competition's format, from a generated slice."""
+    _, corrupted, mask, tissue = make_ct_slice(np.random.default_rng(seed))
+    return {"corrupted_image": b64(corrupted), "tissue_image": b64(tissue), "mask_image": b64(mask),
+            "vertebrae": vertebrae}
 
 
 def write_ct_layout(root: Path, patients: int = 4, slices: int = 2, seed: int = 0) -> Path:

@@ -1,5 +1,4 @@
 """Progressive distillation, the distilled sampler and the regressor baseline, on tiny generated data."""
-import base64
 import csv
 
 import numpy as np
@@ -11,12 +10,11 @@ import serve
 import train_diffusion
 from diffusion.checkpoint import load_slim
 from diffusion.config import load_config
-from diffusion.data.images import encode_png
 from diffusion.distill import DistillationLoss
 from diffusion.errors import UserError
 from diffusion.inference import CTInpainter, build_denoiser
 from samplers import SAMPLERS, SamplerSpec, parse_spec
-from tests.conftest import REPO, make_ct_slice, write_ct_layout
+from tests.conftest import REPO, ct_request, write_ct_layout
 
 DISTILL_TINY = str(REPO / "configs/ct_distill_tiny.yaml")
 TINY = str(REPO / "configs/ct_tiny.yaml")
@@ -120,11 +118,8 @@ def test_regressor_trains_deterministically_and_only_runs_as_regressor(tmp_path,
 
 
 def _serves_one_slice(inpainter):
-    _, corrupted, mask, tissue = make_ct_slice(np.random.default_rng(5))
-    b64 = lambda image: base64.b64encode(encode_png(image)).decode()
-    body = {"corrupted_image": b64(corrupted), "tissue_image": b64(tissue), "mask_image": b64(mask), "vertebrae": 3}
     with TestClient(serve.create_app(serve.CTService(inpainter), budget_s=8.0)) as client:
-        r = client.post("/predict", json=body)
+        r = client.post("/predict", json=ct_request(5, vertebrae=3))
     assert r.status_code == 200, r.text
     assert r.headers["x-sampler"].startswith(str(inpainter.default_spec()[0]))
 

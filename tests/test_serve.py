@@ -7,19 +7,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 import serve
-from diffusion.data.images import decode_png, encode_png
+from diffusion.data.images import decode_png
 from diffusion.inference import CTInpainter
-from tests.conftest import make_ct_slice
-
-
-def b64(image: np.ndarray) -> str:
-    return base64.b64encode(encode_png(image)).decode()
+from tests.conftest import b64, ct_request
 
 
 @pytest.fixture(scope="module")
 def slice_request():
-    ct, corrupted, mask, tissue = make_ct_slice(np.random.default_rng(3))
-    return {"corrupted_image": b64(corrupted), "tissue_image": b64(tissue), "mask_image": b64(mask), "vertebrae": 12}
+    return ct_request(3)
 
 
 @pytest.fixture(scope="module")

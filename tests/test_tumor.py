@@ -89,7 +89,14 @@ def test_tumor_crops_contain_tumor_more_often(tumor_root):
 def test_control_fraction_sets_the_share_of_control_items(tumor_root):
     cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
     assert sum(cases.is_control) == 2 and len(cases) == 5
-    hits = lambda ds: [ds[i]["label"].max().item() for i in range(len(ds)) for _ in range(4) if not ds.set_epoch(_)]
+
+    def hits(ds):  # per item of 4 epochs: does its crop hold tumor?
+        out = []
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            out += [ds[i]["label"].max().item() for i in range(len(ds))]
+        return out
+
     only_patients = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=0.0)
     only_controls = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=1.0)
     natural = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
