@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -68,18 +69,33 @@ def test_accelerate_two_cpu_processes_then_resume(tmp_path):
     assert state["step"] == 3
 
 
-def test_init_from_slim_checkpoint_starts_from_its_weights(trained_tiny, tmp_path):
-    from diffusion.checkpoint import load_slim
+def assert_one_step_from(init: Path, run: Path) -> None:
+    """The run's first checkpoint is one small optimiser step away from `init`'s weights, not a random network."""
+    state, _, _ = load_slim(init)
+    after = torch.load(run / "checkpoints" / "step_0000001.pt", weights_only=False)["model"]
+    diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items()]
+    assert max(diffs) < 0.05
 
+
+def test_init_from_slim_checkpoint_starts_from_its_weights(trained_tiny, tmp_path):
     write_ct_layout(tmp_path / "data" / "ct-inpainting")
-    state, _, _ = load_slim(trained_tiny / "last.safetensors")
     run = tmp_path / "run"
     assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root", str(tmp_path / "data"),
                                  "--init", str(trained_tiny / "last.safetensors"), "--max-steps", "1"]) == 0
-    after = torch.load(run / "checkpoints" / "step_0000001.pt", weights_only=False)["model"]
-    # one small optimiser step away from the initial weights, not a fresh random network
-    diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items()]
-    assert max(diffs) < 0.05
+    assert_one_step_from(trained_tiny / "last.safetensors", run)
+
+
+def test_diffusion_warm_started_from_a_regressor(tmp_path):
+    """The released CT recipe: train the network as a regressor, then go on with the diffusion objective."""
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    common = ["--config", TINY, "--data-root", str(tmp_path / "data"), "--max-steps", "1"]
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "reg"), "--set", "diffusion.objective=regress",
+                                          "--set", "sample.sampler=regressor", "--set", "sample.steps=1"]) == 0
+    regressor = tmp_path / "reg" / "last.safetensors"
+    assert load_slim(regressor)[1]["diffusion"]["objective"] == "regress"
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "diff"), "--init", str(regressor)]) == 0
+    assert load_slim(tmp_path / "diff" / "last.safetensors")[1]["diffusion"]["objective"] == "diffusion"
+    assert_one_step_from(regressor, tmp_path / "diff")
 
 
 def test_a_training_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
