@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion.data import list_ct_ids, resolve_task_root, split_indices
+from diffusion.data import list_ct_ids, resolve_task_root, split_indices, validation_subset
 from diffusion.data.ct import read_slice
 from diffusion.data.images import write_png
 from diffusion.data.tumor import list_tumor_cases, read_tumor_case
@@ -28,12 +28,12 @@ from diffusion.inference import (
     RELEASED,
     CTInpainter,
     TumorSegmenter,
+    case_seed,
     load_predictor,
     to_uint8,
 )
-from diffusion.training import validation_subset
-from eval.metrics import dice_score, image_mae, timing_summary, tp_fp_fn
-from eval.plots import plot_cases
+from diffusion.metrics import dice_score, image_mae, timing_summary, tp_fp_fn
+from diffusion.figures import plot_cases
 from samplers import SAMPLERS, SamplerSpec, parse_spec
 
 
@@ -85,12 +85,12 @@ def run_ct(args, inpainter: CTInpainter, spec: SamplerSpec, ensemble: int, out: 
     ids = ids[: args.limit] if args.limit else ids
     has_truth = (root / "ct").is_dir()
     cases, seconds, overview_rows, titles = [], [], [], []
-    for i, sid in enumerate(tqdm(ids, desc=f"inpainting ({spec}, E={ensemble})", disable=not progress)):
+    for sid in tqdm(ids, desc=f"inpainting ({spec}, E={ensemble})", disable=not progress):
         start = time.perf_counter()  # the time a served request would take: reading the PNGs included
         item = read_slice(root, sid, has_truth)  # one slice at a time: memory does not grow with the data set
         pred = inpainter.predict_batch(item["corrupted"][None], (item["mask"][None] > 0).astype(np.uint8),
                                        item["tissue"][None], np.array([item["vertebra"]]), spec=spec,
-                                       ensemble=ensemble, seeds=[args.seed * 100003 + i])[0]
+                                       ensemble=ensemble, seeds=[case_seed(sid, args.seed)])[0]
         image = to_uint8(pred.image)
         seconds.append(time.perf_counter() - start)
         if out is not None:
@@ -140,11 +140,11 @@ def run_tumor(args, segmenter: TumorSegmenter, spec: SamplerSpec, ensemble: int,
     has_truth = all(c[2] is not None and c[2].is_file() or c[3] for c in cases)
     results, seconds, overview_rows, titles = [], [], [], []
     counts = {"low": [0, 0], "high": [0, 0]}  # [errors, pixels] on low / high uncertainty pixels
-    for i, (cid, image_path, label_path, control) in enumerate(
-            tqdm(cases, desc=f"segmenting ({spec}, E={ensemble})", disable=not progress)):
+    for cid, image_path, label_path, control in tqdm(cases, desc=f"segmenting ({spec}, E={ensemble})",
+                                                     disable=not progress):
         start = time.perf_counter()
         image, label = read_tumor_case(image_path, label_path if has_truth and not control else None)
-        pred = segmenter.predict(image, spec=spec, ensemble=ensemble, seed=args.seed * 100003 + i)
+        pred = segmenter.predict(image, spec=spec, ensemble=ensemble, seed=case_seed(cid, args.seed))
         seconds.append(time.perf_counter() - start)
         if out is not None:
             name = f"segmentation_{cid.split('_')[1]}.png" if not control else f"{cid}_segmentation.png"

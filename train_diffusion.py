@@ -4,10 +4,15 @@
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu --resume latest
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_more --init checkpoints/ct_inpaint.safetensors
     accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
-    accelerate launch --cpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
+    accelerate launch --multi_gpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
 
 The run folder gets: config.yaml (resolved), metrics.jsonl, curves.png, samples/step_*.png,
 checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetensors (slim EMA, by validation MAE).
+
+On N processes (GPUs, or CPU processes over gloo) `train.batch_size` is the global batch: it must divide by
+N x `train.grad_accum`. The learning-rate schedule counts optimiser steps, whatever N. A run is a function of
+(config, step): the data order is fixed by (seed, epoch), every micro-batch reseeds the random generators from
+(seed, process, micro-batch), so `--resume` continues exactly where the run stopped.
 
 With `distill.teacher` set (configs/*_distill_*.yaml) the run is one round of progressive distillation: the
 student starts from the teacher's weights and learns to sample in half the teacher's DDIM steps; its saved
@@ -25,6 +30,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -39,7 +45,7 @@ from diffusion.errors import UserError, run_cli
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
-from eval.plots import plot_curves
+from diffusion.figures import plot_curves
 
 
 class TrainingLoss(torch.nn.Module):
@@ -53,6 +59,36 @@ class TrainingLoss(torch.nn.Module):
         return self.denoiser.loss(target, cond, class_labels, weight)
 
 
+class TrainingLoss(torch.nn.Module):
+    """Routes the loss through forward() so DDP sees (and synchronises) it."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, target, cond, class_labels, weight):
+        return self.denoiser.loss(target, cond, class_labels, weight)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch, index) keys in a shuffled order fixed by (seed, epoch): the same on every process (accelerate
+    shards the batches), and items that are a function of their key alone, so persistent workers see the epoch and
+    a resumed run replays nothing."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML experiment config")
@@ -61,28 +97,82 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None,
                    help="start from the weights of a slim .safetensors checkpoint (e.g. a released one) with a "
                         "fresh optimiser: continues training across machines where only slim weights travel")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop this run at optimiser step N (with a checkpoint; the schedule stays train.max_steps, "
+                        "and --resume latest goes on from there)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (and checkpoint) after this wall time; every process stops at the same step")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set diffusion.prediction_type=epsilon (repeatable)")
     p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
     return p.parse_args(argv)
 
 
+def per_process_batch(tc: dict, num_processes: int) -> int:
+    """The global batch split over processes and accumulation steps; it must divide exactly (EDM asserts it)."""
+    split = num_processes * tc["grad_accum"]
+    if tc["batch_size"] % split:
+        raise UserError(f"train.batch_size {tc['batch_size']} does not divide by {num_processes} process(es) x "
+                        f"train.grad_accum {tc['grad_accum']}: choose a multiple of {split}")
+    return tc["batch_size"] // split
+
+
+def micro_batch_seed(seed: int, process: int, micro: int) -> int:
+    """The seed of one micro-batch's random draws (timesteps, noise, label dropout) on one process."""
+    return int(np.random.SeedSequence([seed, process, micro]).generate_state(1)[0])
+
+
+def build_model(config: dict, args, teacher):
+    """The denoiser to train: fresh, the teacher's weights (distillation) or a slim checkpoint's (--init)."""
+    denoiser = build_denoiser(config)
+    if teacher is not None and not args.init and not args.resume:
+        denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
+    if args.init and not args.resume:
+        state, init_config, _ = load_slim(args.init, expected_task=config["task"])
+        if init_config["model"] != config["model"]:
+            raise UserError(f"--init {args.init}: its model config differs from {args.config}")
+        denoiser.net.load_state_dict(state)
+    if config["train"]["channels_last"]:
+        denoiser.net.to(memory_format=torch.channels_last)
+    return denoiser
+
+
+def make_loader(train_set, per_process: int, tc: dict, seed: int):
+    if len(train_set) < per_process:
+        raise UserError(f"the training set has {len(train_set)} items, fewer than one batch of {per_process} per "
+                        f"process: lower train.batch_size or add data")
+    sampler = EpochSampler(len(train_set), seed)
+    workers = tc["num_workers"]
+    loader = torch.utils.data.DataLoader(train_set, batch_size=per_process, sampler=sampler, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=torch.cuda.is_available())
+    return loader, sampler
+
+
+def load_resume_state(args, config: dict, ckpt_dir: Path) -> dict:
+    path = latest_full_state(ckpt_dir) if args.resume == "latest" else Path(args.resume)
+    if path is None or not path.is_file():
+        raise UserError(f"--resume {args.resume}: no full-state checkpoint in {ckpt_dir}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["config"]["model"] != config["model"] or state["config"]["task"] != config["task"]:
+        raise UserError(f"--resume {path}: its model/task config differs from {args.config}")
+    state["path"] = path
+    return state
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = apply_overrides(load_config(args.config), args.set)
-    if args.max_steps is not None:
-        config["train"]["max_steps"] = args.max_steps
     tc = config["train"]
     run = Path(args.out or f"runs/{Path(args.config).stem}")
     # cpu=True without CUDA: several processes started by a launcher (torchrun, or `accelerate launch --multi_gpu`)
     # then form a gloo process group instead of each training alone.
     accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=tc["grad_accum"],
                               cpu=not torch.cuda.is_available())
-    main_proc = accelerator.is_main_process
-    set_seed(config["seed"] + accelerator.process_index)
+    main_proc, rank = accelerator.is_main_process, accelerator.process_index
+    set_seed(config["seed"])  # the same initial weights on every process
     task = get_task(config["task"], config["data"])
+    per_process = per_process_batch(tc, accelerator.num_processes)
 
     train_set, val, where, data_summary = load_training_data(config, args.data_root, progress=main_proc)
     metric_key = f"val_{task.metric}"
@@ -92,26 +182,34 @@ def main(argv=None) -> int:
     if config["distill"]["teacher"]:
         teacher, teacher_config = load_teacher(config, build_denoiser)
         config = plan_round(config, teacher_config)
-    denoiser = build_denoiser(config)
-    if tc["channels_last"]:
-        denoiser.net.to(memory_format=torch.channels_last)
-    if teacher is not None and not args.init and not args.resume:
-        denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
-    if args.init and not args.resume:
-        state, init_config, _ = load_slim(args.init, expected_task=config["task"])
-        if init_config["model"] != config["model"]:
-            raise UserError(f"--init {args.init}: its model config differs from {args.config}")
-        denoiser.net.load_state_dict(state)
+    denoiser = build_model(config, args, teacher)
     ema = EMAModel(denoiser.net.parameters(), decay=tc["ema_decay"], use_ema_warmup=True, power=0.75)
     optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-    lr_scheduler = get_scheduler(tc.get("lr_schedule", "cosine"), optimizer, num_warmup_steps=tc["warmup_steps"],
+    # Not passed to accelerator.prepare: a prepared scheduler steps once per process, which would run the schedule
+    # N times too fast on N processes. Stepped here once per optimiser step, its state means the same on any N.
+    lr_scheduler = get_scheduler(tc["lr_schedule"], optimizer, num_warmup_steps=tc["warmup_steps"],
                                  num_training_steps=tc["max_steps"])
-    per_device = max(1, tc["batch_size"] // (accelerator.num_processes * tc["grad_accum"]))
-    if len(train_set) < per_device:
-        raise UserError(f"the training set has {len(train_set)} items, fewer than one batch of {per_device} per "
-                        f"process: lower train.batch_size or add data")
-    loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, drop_last=True,
-                                         num_workers=tc["num_workers"])
+    loader, sampler = make_loader(train_set, per_process, tc, config["seed"])
+
+    step, epoch, batch_in_epoch, micro, best_score = 0, 0, 0, 0, -math.inf if task.higher_is_better else math.inf
+    ckpt_dir = run / "checkpoints"
+    if args.resume:
+        state = load_resume_state(args, config, ckpt_dir)
+        denoiser.net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step, best_score = state["step"], state.get("best_score", state.get("best_mae"))
+        if "batch" in state:  # where in the epoch the run stopped
+            epoch, batch_in_epoch, micro = state["epoch"], state["batch"], state["micro"]
+        else:  # written before exact resume: start the next epoch
+            epoch, micro = state["epoch"] + 1, step * tc["grad_accum"]
+        if main_proc:
+            print(f"resumed from {state['path']} at step {step}")
+    ema.to(accelerator.device)
+
+    if tc["compile"]:
+        denoiser.net.compile()  # in place: parameter names and checkpoints stay as they are
     if teacher is None:
         loss_module = TrainingLoss(denoiser)
     else:
@@ -119,57 +217,57 @@ def main(argv=None) -> int:
         if tc["channels_last"]:
             teacher.net.to(memory_format=torch.channels_last)
         loss_module = DistillationLoss(denoiser, teacher, config["distill"]["student_steps"], task.known)
-    loss_module, optimizer, loader, lr_scheduler = accelerator.prepare(loss_module, optimizer, loader, lr_scheduler)
-
-    step, epoch, best_score = 0, 0, -math.inf if task.higher_is_better else math.inf
-    ckpt_dir = run / "checkpoints"
-    if args.resume:
-        path = latest_full_state(ckpt_dir) if args.resume == "latest" else Path(args.resume)
-        if path is None or not path.is_file():
-            raise UserError(f"--resume {args.resume}: no full-state checkpoint in {ckpt_dir}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"]["model"] != config["model"] or state["config"]["task"] != config["task"]:
-            raise UserError(f"--resume {path}: its model/task config differs from {args.config}")
-        denoiser.net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        step, epoch, best_score = state["step"], state["epoch"] + 1, \
-            state.get("best_score", state.get("best_mae"))  # best_mae: checkpoints written before tumor support
-        if main_proc:
-            print(f"resumed from {path} at step {step}")
+    loss_module, optimizer, loader = accelerator.prepare(loss_module, optimizer, loader)
 
     if main_proc:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(config))
         print(where)
         print(f"{data_summary}; {sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
-              f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_device}/process")
+              f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_process}/process")
         print(dump_config(config))
     validator = Validator(config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
         if main_proc and val is not None else None
+    net = accelerator.unwrap_model(loss_module).denoiser.net
+
+    def ema_state_dict():
+        target = validator.net if validator else build_denoiser(config).net
+        ema.copy_to(target.parameters())
+        return target.state_dict()
 
     def write_checkpoints():
         if not main_proc:
             return
         save_full_state(ckpt_dir, step, {
-            "model": accelerator.unwrap_model(loss_module).denoiser.net.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step,
-            "epoch": epoch, "best_score": best_score, "config": config}, keep=tc["keep_checkpoints"])
+            "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(), "step": step, "epoch": epoch, "batch": batch_in_epoch,
+            "micro": micro, "best_score": best_score, "config": config}, keep=tc["keep_checkpoints"])
         save_slim(run / "last.safetensors", ema_state_dict(), config, {"step": step})
 
-    def ema_state_dict():
-        net = validator.net if validator else build_denoiser(config).net
-        ema.copy_to(net.parameters())
-        return net.state_dict()
+    def validate():
+        nonlocal best_score
+        ema.copy_to(validator.net.parameters())
+        score = validator(val, step, run)
+        metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
+        metrics.flush()
+        if better(score, best_score):
+            best_score = score
+            save_slim(run / "best.safetensors", validator.net.state_dict(), config, {"step": step, metric_key: score})
+        plot_curves(run / "metrics.jsonl", run / "curves.png")
+        tqdm.write(f"step {step}: validation {task.metric} {score:.3f} (best {best_score:.3f})")
 
     metrics = open(run / "metrics.jsonl", "a") if main_proc else None
     start, seen, last_log = time.time(), 0, time.time()
-    bar = tqdm(total=tc["max_steps"], initial=step, disable=not main_proc, desc="training")
-    stop = step >= tc["max_steps"]
+    last_step = min(tc["max_steps"], args.max_steps or tc["max_steps"])
+    bar = tqdm(total=last_step, initial=step, disable=not main_proc, desc="training")
+    stop = step >= last_step
     while not stop:
-        train_set.set_epoch(epoch)
-        for batch in loader:
+        sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
+        for batch in epoch_loader:
+            torch.manual_seed(micro_batch_seed(config["seed"], rank, micro))
+            micro, batch_in_epoch = micro + 1, batch_in_epoch + 1
             with accelerator.accumulate(loss_module):
                 target, cond, labels, weight = task.training_batch(batch)
                 with accelerator.autocast():
@@ -178,12 +276,13 @@ def main(argv=None) -> int:
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(loss_module.parameters(), tc["grad_clip"])
                 optimizer.step()
-                lr_scheduler.step()
+                if accelerator.sync_gradients:
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += target.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            ema.step(accelerator.unwrap_model(loss_module).denoiser.net.parameters())
+            ema.step(net.parameters())
             step += 1
             bar.update(1)
             if main_proc and step % tc["log_every"] == 0:
@@ -194,26 +293,20 @@ def main(argv=None) -> int:
                 metrics.flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
                 seen, last_log = 0, now
-            out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
-            stop = step >= tc["max_steps"] or out_of_time
-            if main_proc and validator is not None and (step % tc["val_every"] == 0 or stop):
-                ema.copy_to(validator.net.parameters())
-                score = validator(val, step, run)
-                metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
-                metrics.flush()
-                if better(score, best_score):
-                    best_score = score
-                    save_slim(run / "best.safetensors", validator.net.state_dict(), config,
-                              {"step": step, metric_key: score})
-                plot_curves(run / "metrics.jsonl", run / "curves.png")
-                tqdm.write(f"step {step}: validation {task.metric} {score:.3f} (best {best_score:.3f})")
+            # one decision for every process: the main process's clock, shared through accelerate's trigger
+            if main_proc and args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+                accelerator.set_trigger()
+            stop = accelerator.check_trigger() or step >= last_step
+            if validator is not None and (step % tc["val_every"] == 0 or stop):
+                validate()
                 last_log = time.time()
             if step % tc["checkpoint_every"] == 0 or stop:
                 write_checkpoints()
             accelerator.wait_for_everyone()
             if stop:
                 break
-        epoch += 1
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     if main_proc:
         metrics.close()

@@ -18,6 +18,17 @@ from safetensors.torch import load_file, save_file
 from diffusion.errors import CheckpointError
 
 _STEP = re.compile(r"^step_(\d+)\.pt$")
+SLIM_DTYPE = torch.float16   # released weights are stored in half precision (half the size)
+
+
+@torch.no_grad()
+def round_to_slim(module: torch.nn.Module) -> torch.nn.Module:
+    """Round a module's floating-point weights in place to what a slim checkpoint stores, so that what is validated
+    (and saved as best.safetensors) is exactly what `infer.py` loads."""
+    for tensor in module.state_dict(keep_vars=True).values():
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(SLIM_DTYPE).to(tensor.dtype))
+    return module
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -48,7 +59,7 @@ def latest_full_state(folder: Path) -> Path | None:
 
 
 def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, extra: dict | None = None,
-              dtype: torch.dtype = torch.float16) -> None:
+              dtype: torch.dtype = SLIM_DTYPE) -> None:
     """EMA weights (stored as `dtype`, fp16 by default to halve the size) plus the config as metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()

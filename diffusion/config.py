@@ -28,6 +28,8 @@ DEFAULTS: dict = {
         "attention_levels": [],
         "norm_num_groups": 16,
         "mid_attention": True,
+        "attention_head_dim": 8,
+        "dropout": 0.0,
     },
     "diffusion": {
         "prediction_type": "sample",
@@ -56,6 +58,7 @@ DEFAULTS: dict = {
         "ema_decay": 0.999,
         "grad_clip": 1.0,
         "num_workers": 0,
+        "compile": False,            # torch.compile the network (measure first: eval.bench_train --compile)
         "log_every": 10,
         "checkpoint_every": 200,
         "keep_checkpoints": 2,
@@ -65,6 +68,7 @@ DEFAULTS: dict = {
     "sample": {                      # default inference settings stored with the checkpoint
         "sampler": "ddim",
         "steps": 1,
+        "jumps": 10,                 # repaint: jump_n_sample
         "ensemble": 1,
         "threshold": 0.5,            # tumor: probability threshold, chosen on validation
         "flip": False,               # odd ensemble members see the mirrored input (flip test-time augmentation)
@@ -84,6 +88,13 @@ def deep_update(base: dict, update: dict, where: str = "") -> dict:
     return out
 
 
+def normalize(config: dict) -> dict:
+    """YAML 1.1 reads `no` as False: `train.mixed_precision: no` means accelerate's "no"."""
+    if config.get("train", {}).get("mixed_precision") is False:
+        config["train"]["mixed_precision"] = "no"
+    return config
+
+
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -94,7 +105,7 @@ def load_config(path: str | Path) -> dict:
         raise UserError(f"config {path}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
-    return deep_update(DEFAULTS, raw)
+    return normalize(deep_update(DEFAULTS, raw))
 
 
 def dump_config(config: dict) -> str:
@@ -120,4 +131,4 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
                 pass
         node[parts[-1]] = parsed
         config = deep_update(config, update)
-    return config
+    return normalize(config)

@@ -49,7 +49,8 @@ class Denoiser(nn.Module):
     # --- prediction -----------------------------------------------------------------------------------------
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x0_hat, eps_hat) in float32, x0_hat clamped to [-1, 1]."""
+        """Return (x0_hat, eps_hat) in float32, x0_hat clamped to [-1, 1]. `t`: (N,) or a scalar timestep."""
+        t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
         out = self.net(torch.cat([x_t, cond], 1).to(self._dtype()), t, class_labels=class_labels).sample.float()
         a, s = self.alpha_sigma(t)

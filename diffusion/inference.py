@@ -3,11 +3,13 @@ validation, infer.py, eval.ablate and serve.py."""
 from __future__ import annotations
 
 import contextlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange, repeat
 
 from diffusion.checkpoint import load_slim
 from diffusion.denoiser import Denoiser
@@ -32,6 +34,17 @@ def build_denoiser(config: dict) -> Denoiser:
                     beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
                     null_class=task.null_class, class_dropout=d["class_dropout"],
                     objective=d.get("objective", "diffusion"))
+
+
+def case_seed(case_id: str, seed: int = 0) -> int:
+    """The sampling seed of one case (a slice or image id): a function of the id and the run's seed alone, so a
+    case's prediction does not depend on its position in a list or on the batch it is sampled in."""
+    return zlib.crc32(case_id.encode()) + 100003 * seed
+
+
+def member_generators(device: torch.device, seeds: list[int], ensemble: int) -> list[torch.Generator]:
+    """One generator per ensemble member (input-major) for the noise a sampler draws after the start."""
+    return [torch.Generator(device).manual_seed((s * 1000 + e) * 7919 + 1) for s in seeds for e in range(ensemble)]
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -74,7 +87,8 @@ class Predictor:
 
     def default_spec(self) -> tuple[SamplerSpec, int]:
         s = self.config.get("sample", {})
-        return SamplerSpec(s.get("sampler", "ddim"), int(s.get("steps", 1)), int(s.get("jumps", 1))), \
+        name = s.get("sampler", "ddim")
+        return SamplerSpec(name, int(s.get("steps", 1)), int(s.get("jumps", 10)) if name == "repaint" else 1), \
             int(s.get("ensemble", 1))
 
     def check_spec(self, spec: SamplerSpec) -> None:
@@ -93,24 +107,24 @@ class Predictor:
     def sample(self, cond: torch.Tensor, labels: torch.Tensor | None, spec: SamplerSpec, ensemble: int,
                seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
-        """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e).
-        With `flip_members` (config `sample.flip`), odd members see the horizontally mirrored input (test-time
+        """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e) and
+        draws its later noise from its own generator, so a member does not depend on the batch. With `flip_members` (config `sample.flip`), odd members see the horizontally mirrored input (test-time
         flip augmentation inside the ensemble). Returns x0 (N*E, C, H, W) float32 on the CPU."""
         self.check_spec(spec)
         flip = self.flip_members and ensemble > 1
-        flipped = (torch.arange(len(seeds) * ensemble) % 2 == 1).view(-1, 1, 1, 1).to(self.device)
+        flipped = (torch.arange(len(seeds) * ensemble, device=self.device) % 2 == 1).view(-1, 1, 1, 1)
 
         def rep(t: torch.Tensor | None, spatial: bool = True) -> torch.Tensor | None:
             if t is None:
                 return None
-            t = t.repeat_interleave(ensemble, 0).to(self.device)
+            t = repeat(t.to(self.device), "n ... -> (n e) ...", e=ensemble)
             return torch.where(flipped, t.flip(-1), t) if flip and spatial else t
 
         cond_e = rep(cond)
         noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
                              [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
         known = None if known_x0 is None else {"x0": rep(known_x0), "mask": rep(known_mask)}
-        generator = torch.Generator(self.device).manual_seed(seeds[0] * 7919 + 1)
+        generator = member_generators(self.device, seeds, ensemble)
         timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
         with autocast_for(self.device, self.bf16):
             x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps,
@@ -145,9 +159,9 @@ class CTInpainter(Predictor):
         known = self.task.known(None, cond)
         x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=known["x0"], known_mask=known["mask"],
                          callback=callback)
-        rep = lambda t: t.repeat_interleave(ensemble, 0)
-        grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))  # (N*E, H, W)
-        grey = grey.view(n, ensemble, *grey.shape[-2:])
+        rep = lambda t: repeat(t, "n ... -> (n e) ...", e=ensemble)
+        grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))
+        grey = rearrange(grey, "(n e) h w -> n e h w", e=ensemble)
         out = []
         for i in range(n):
             reduced, spread = reduce_ensemble(grey[i], "median")

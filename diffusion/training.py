@@ -13,26 +13,13 @@ from diffusion.data import (
     load_ct_slices,
     resolve_task_root,
     split_indices,
+    validation_subset,
 )
 from diffusion.data.tumor import TumorTrainDataset, load_tumor_cases
-from diffusion.inference import CTInpainter, TumorSegmenter, build_denoiser, to_uint8
-from eval.metrics import dice_score, image_mae
-from eval.plots import plot_cases
-
-
-def validation_subset(patients: list[str], n: int) -> list[int]:
-    """Up to n indices spread over as many patients as possible, in a fixed order."""
-    by_patient: dict[str, list[int]] = {}
-    for i, p in enumerate(patients):
-        by_patient.setdefault(p, []).append(i)
-    chosen, rank = [], 0
-    while len(chosen) < min(n, len(patients)):
-        for p in sorted(by_patient):
-            idx = by_patient[p]
-            if rank < len(idx) and len(chosen) < n:
-                chosen.append(idx[(rank * 5 + 3) % len(idx)] if rank == 0 else idx[rank])
-        rank += 1
-    return sorted(set(chosen))
+from diffusion.checkpoint import round_to_slim
+from diffusion.inference import CTInpainter, TumorSegmenter, build_denoiser, case_seed, to_uint8
+from diffusion.metrics import dice_score, image_mae
+from diffusion.figures import plot_cases
 
 
 def load_training_data(config: dict, data_root, progress: bool):
@@ -76,10 +63,13 @@ class Validator:
         return self.predictor.denoiser.net
 
     def __call__(self, val, step: int, run: Path) -> float:
+        """Scores the weights in `self.net` rounded as a slim checkpoint stores them, with each case's own seed:
+        the number `infer.py` gives for the saved checkpoint on the same cases."""
+        round_to_slim(self.net)
         out = run / "samples" / f"step_{step:07d}.png"
         if isinstance(self.predictor, CTInpainter):
             preds = self.predictor.predict_batch(val.corrupted, val.missing_mask, val.tissue, val.vertebra,
-                                                 seeds=list(range(len(val))))
+                                                 seeds=[case_seed(i) for i in val.ids])
             scores = [image_mae(p.image, t) for p, t in zip(preds, val.ct)]
             show = range(min(4, len(val)))
             rows = [[val.corrupted[i], to_uint8(preds[i].image), val.ct[i], np.abs(preds[i].image - val.ct[i])]
@@ -87,7 +77,7 @@ class Validator:
             plot_cases(out, ["corrupted", "prediction", "truth", "|error|"], rows,
                        [f"{val.ids[i]} MAE {scores[i]:.2f}" for i in show], ["gray", "gray", "gray", "magma"])
         else:
-            preds = [self.predictor.predict(image, seed=i) for i, image in enumerate(val.images)]
+            preds = [self.predictor.predict(image, seed=case_seed(cid)) for cid, image in zip(val.ids, val.images)]
             scores = [dice_score(p.image, t) for p, t in zip(preds, val.labels)]
             show = range(min(4, len(val)))
             rows = [[val.images[i], val.labels[i] * 255, preds[i].image, preds[i].uncertainty] for i in show]

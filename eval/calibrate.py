@@ -20,8 +20,8 @@ from diffusion.checkpoint import load_slim, save_slim
 from diffusion.data import resolve_task_root, split_indices
 from diffusion.data.tumor import list_tumor_cases, read_tumor_case
 from diffusion.errors import run_cli
-from diffusion.inference import TumorSegmenter
-from eval.metrics import dice_score
+from diffusion.inference import TumorSegmenter, case_seed
+from diffusion.metrics import dice_score
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     keep = split_indices([c[0] for c in cases], dc["val_patients"], dc["split_seed"], args.split)
     cases = [cases[i] for i in keep][: args.limit] if args.limit else [cases[i] for i in keep]
     probabilities, labels = [], []
-    for i, (_, image_path, label_path, _) in enumerate(tqdm(cases, desc="sampling validation images")):
+    for cid, image_path, label_path, _ in tqdm(cases, desc="sampling validation images"):
         image, label = read_tumor_case(image_path, label_path)
-        probabilities.append(segmenter.predict(image, ensemble=args.ensemble, seed=i).probability)
+        probabilities.append(segmenter.predict(image, ensemble=args.ensemble, seed=case_seed(cid)).probability)
         labels.append(label)
     scores = sweep(probabilities, labels)
     best = max(scores, key=scores.get)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from samplers.known import replace_known
-
-
-def _abar(model, t: int) -> torch.Tensor:
-    return model.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+from samplers.known import alpha_bar, randn_like, replace_known, timestep_batch
 
 
 @torch.no_grad()
@@ -19,9 +15,9 @@ def sample_ddim(model, x, timesteps, extra_args=None, callback=None, disable=Non
     timesteps = list(timesteps)
     for i, t in enumerate(tqdm(timesteps, disable=disable if disable is not None else True, leave=False)):
         x = replace_known(model, x, t, known, generator)
-        x0, eps = model(x, torch.tensor(t), **extra_args)
+        x0, eps = model(x, timestep_batch(t, x), **extra_args)
         t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        a_next = _abar(model, t_next)
+        a_next = alpha_bar(model, t_next)
         x = x0 if t_next < 0 else a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
@@ -32,12 +28,11 @@ def ddpm_step(model, x, x0, t: int, t_prev: int, generator=None):
     """One ancestral step from timestep t to t_prev < t (t_prev = -1: return x0)."""
     if t_prev < 0:
         return x0
-    a_t, a_prev = _abar(model, t), _abar(model, t_prev)
+    a_t, a_prev = alpha_bar(model, t), alpha_bar(model, t_prev)
     beta = 1 - a_t / a_prev
     mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
     var = beta * (1 - a_prev) / (1 - a_t)
-    noise = torch.randn(x.shape, generator=generator, device=x.device)
-    return mean + var.sqrt() * noise
+    return mean + var.sqrt() * randn_like(x, generator)
 
 
 @torch.no_grad()
@@ -47,7 +42,7 @@ def sample_ddpm(model, x, timesteps, extra_args=None, callback=None, disable=Non
     timesteps = list(timesteps)
     for i, t in enumerate(tqdm(timesteps, disable=disable if disable is not None else True, leave=False)):
         x = replace_known(model, x, t, known, generator)
-        x0, _ = model(x, torch.tensor(t), **extra_args)
+        x0, _ = model(x, timestep_batch(t, x), **extra_args)
         x = ddpm_step(model, x, x0, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1, generator)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
@@ -68,7 +63,7 @@ def sample_regressor(model, x, timesteps, extra_args=None, callback=None, disabl
     input at the last timestep; the starting noise and `timesteps` are ignored."""
     extra_args = extra_args or {}
     t = model.num_train_timesteps - 1
-    x0, _ = model(torch.zeros_like(x), torch.tensor(t), **extra_args)
+    x0, _ = model(torch.zeros_like(x), timestep_batch(t, x), **extra_args)
     if callback is not None:
         callback({"i": 0, "t": t, "x": x0, "denoised": x0})
     return x0

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from samplers.ddim import ddpm_step
-from samplers.known import replace_known
+from samplers.known import alpha_bar, randn_like, replace_known, timestep_batch
 from samplers.schedules import repaint_jump_schedule
 
 
@@ -29,12 +29,11 @@ def sample_repaint(model, x, timesteps, extra_args=None, callback=None, disable=
         t, t_next = t_at(p), t_at(p_next)
         if p_next < p:  # one ancestral denoising step
             x = replace_known(model, x, t, known, generator)
-            x0, _ = model(x, torch.tensor(t), **extra_args)
+            x0, _ = model(x, timestep_batch(t, x), **extra_args)
             x = ddpm_step(model, x, x0, t, t_next, generator)
             if callback is not None:
                 callback({"i": i, "t": t, "x": x, "denoised": x0})
         else:  # jump back: forward-noise from t to t_next > t
-            ratio = model.alphas_cumprod[t_next] / model.alphas_cumprod[t]
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = ratio.sqrt() * x + (1 - ratio).sqrt() * noise
+            ratio = alpha_bar(model, t_next) / alpha_bar(model, t)
+            x = ratio.sqrt() * x + (1 - ratio).sqrt() * randn_like(x, generator)
     return x

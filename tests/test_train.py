@@ -29,14 +29,59 @@ def test_two_steps_write_expected_files(trained_tiny):
 
 def test_resume_latest_continues_from_the_last_step(tmp_path):
     write_ct_layout(tmp_path / "data" / "ct-inpainting")
-    args = ["--config", TINY, "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "data")]
+    args = ["--config", TINY, "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"),
+            "--set", "train.max_steps=3"]
     assert train_diffusion.main(args + ["--max-steps", "2"]) == 0
     before = torch.load(tmp_path / "run/checkpoints/step_0000002.pt", weights_only=False)
-    assert train_diffusion.main(args + ["--max-steps", "3", "--resume", "latest"]) == 0
+    assert train_diffusion.main(args + ["--resume", "latest"]) == 0
     after = torch.load(tmp_path / "run/checkpoints/step_0000003.pt", weights_only=False)
     assert after["step"] == 3 and before["step"] == 2
     steps = [json.loads(x)["step"] for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert steps.count(3) == 2 and steps.count(1) == 2  # one loss row and one validation row per step
+
+
+def test_resume_is_continuation_two_plus_two_steps_equal_four(tmp_path):
+    """Stopping after 2 steps and resuming for 2 more gives the weights of 4 steps straight: data position
+    (mid-epoch: 3 batches an epoch here), random draws, optimiser, schedule and EMA all continue."""
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    common = ["--config", TINY, "--data-root", str(tmp_path / "data"), "--set", "train.max_steps=4",
+              "--set", "train.batch_size=2", "--set", "train.val_every=100"]
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "straight")]) == 0
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "split"), "--max-steps", "2"]) == 0
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "split"), "--resume", "latest"]) == 0
+    straight = torch.load(tmp_path / "straight/checkpoints/step_0000004.pt", weights_only=False)
+    split = torch.load(tmp_path / "split/checkpoints/step_0000004.pt", weights_only=False)
+    assert (straight["epoch"], straight["batch"]) == (1, 1)
+    for key in ("model", "ema"):
+        a = straight[key] if key == "model" else dict(enumerate(straight[key]["shadow_params"]))
+        b = split[key] if key == "model" else dict(enumerate(split[key]["shadow_params"]))
+        for name in a:
+            assert torch.equal(a[name], b[name]), (key, name)
+
+
+def test_a_batch_that_does_not_split_over_processes_is_a_clear_error():
+    import pytest
+
+    from diffusion.errors import UserError
+
+    assert train_diffusion.per_process_batch({"batch_size": 64, "grad_accum": 2}, 4) == 8
+    with pytest.raises(UserError, match="batch_size 64 does not divide by 6 process"):
+        train_diffusion.per_process_batch({"batch_size": 64, "grad_accum": 1}, 6)
+
+
+def test_in_training_validation_equals_infer_on_the_same_checkpoint_and_slices(trained_tiny):
+    """The validation score logged at the last step is what infer.py reports for the saved checkpoint on the
+    same validation slices."""
+    import infer
+
+    rows = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["val_mae"] for r in rows if "val_mae" in r and r["step"] == 2][-1]
+    out = trained_tiny.parent / "infer_val"
+    assert infer.main(["--task", "ct", "--checkpoint", str(trained_tiny / "last.safetensors"), "--split", "val",
+                       "--limit", "2", "--data-root", str(trained_tiny.parent / "data"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 2
+    assert abs(metrics["mae"] - logged) < 1e-6, (metrics["mae"], logged)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -48,25 +93,43 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "Traceback" not in out.stderr
 
 
-def test_accelerate_two_cpu_processes_then_resume(tmp_path):
-    """Two CPU processes train with DDP over gloo, then resume.
-
-    accelerate 1.x starts several CPU processes only through mpirun for `--cpu`; its torchrun launcher
-    (`--multi_gpu`) starts them without MPI and train_diffusion.py then joins them over gloo (no CUDA)."""
-    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+def launch_two_processes(args: list[str], cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "train_diffusion.py", "--config", TINY, "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "data")]
-    first = subprocess.run(base + ["--max-steps", "2"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train_diffusion.py", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def lr_by_step(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+def test_two_cpu_processes_schedule_max_minutes_and_resume(tmp_path):
+    """Two CPU processes (accelerate's torchrun launcher; gloo without CUDA):
+    - the learning rate at every step equals the one-process run's (the schedule counts optimiser steps);
+    - --max-minutes stops both processes at the same step, exits 0 and leaves a checkpoint;
+    - --resume latest continues from it."""
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    common = ["--config", TINY, "--data-root", str(tmp_path / "data"), "--set", "train.max_steps=100000",
+              "--set", "train.warmup_steps=4", "--set", "train.val_every=100000",
+              "--set", "train.checkpoint_every=100000"]
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "one"), "--max-steps", "6"]) == 0
+    first = launch_two_processes(common + ["--out", str(tmp_path / "two"), "--max-minutes", "0.1"])
+    assert first.returncode == 0, first.stderr[-3000:]
     assert "2 process(es)" in first.stdout
-    second = subprocess.run(base + ["--max-steps", "3", "--resume", "latest"], cwd=REPO, capture_output=True,
-                            text=True, env=env, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
+    stopped = torch.load(train_diffusion.latest_full_state(tmp_path / "two/checkpoints"), weights_only=False)
+    assert 3 <= stopped["step"] < 100000
+    one, two = lr_by_step(tmp_path / "one"), lr_by_step(tmp_path / "two")
+    common_steps = sorted(set(one) & set(two))
+    assert len(common_steps) >= 3
+    assert [two[k] for k in common_steps] == [one[k] for k in common_steps]
+    second = launch_two_processes(common + ["--out", str(tmp_path / "two"), "--resume", "latest",
+                                            "--max-steps", str(stopped["step"] + 1)])
+    assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout
-    state = torch.load(tmp_path / "run/checkpoints/step_0000003.pt", weights_only=False)
-    assert state["step"] == 3
+    assert train_diffusion.latest_full_state(tmp_path / "two/checkpoints").name == \
+        f"step_{stopped['step'] + 1:07d}.pt"
 
 
 def assert_one_step_from(init: Path, run: Path) -> None:

@@ -17,7 +17,7 @@ from diffusion.data.tumor import (
 from diffusion.errors import DataError
 from diffusion.inference import TumorSegmenter
 from diffusion.tasks import get_task
-from eval.metrics import dice_score
+from diffusion.metrics import dice_score
 
 
 def test_loads_patients_and_controls(tumor_root):

@@ -132,8 +132,10 @@ class CTTrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`key`: an index (drawn in the epoch of `set_epoch`) or an (epoch, index) pair."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         s = self.slices
         if rng.random() < self.generated_mask_prob:
             missing = random_mask(rng, SIZE)

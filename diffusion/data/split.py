@@ -20,3 +20,23 @@ def split_indices(patients: list[str], val_patients: int, seed: int, which: str)
     train, val = split_patients(patients, val_patients, seed)
     keep = {"train": train, "val": val}[which]
     return [i for i, p in enumerate(patients) if p in keep]
+
+
+def validation_subset(patients: list[str], n: int) -> list[int]:
+    """Up to n distinct indices spread over as many patients as possible (round-robin over the patients: every
+    patient's first pick, then every patient's second, ...), in a fixed order. A patient's slices are taken in the
+    order 3, 1, 2, 4, 5, ... (modulo its slice count, each once), so the first two picks are those of the
+    subsets reported so far."""
+    by_patient: dict[str, list[int]] = {}
+    for i, p in enumerate(patients):
+        by_patient.setdefault(p, []).append(i)
+    orders = {}
+    for p, idx in by_patient.items():
+        picks = dict.fromkeys([3 % len(idx)] + list(range(1, len(idx))) + [0])  # ordered, without repeats
+        orders[p] = [idx[k] for k in picks]
+    chosen: list[int] = []
+    for rank in range(max((len(o) for o in orders.values()), default=0)):
+        for p in sorted(orders):
+            if rank < len(orders[p]) and len(chosen) < n:
+                chosen.append(orders[p][rank])
+    return sorted(chosen)

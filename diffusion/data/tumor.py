@@ -152,8 +152,10 @@ class TumorTrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`key`: an index (drawn in the epoch of `set_epoch`) or an (epoch, index) pair."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         if self.control_fraction is not None and all(self.groups):
             group = self.groups[int(rng.random() < self.control_fraction)]
             index = group[int(rng.integers(len(group)))]

@@ -1,0 +1,192 @@
+"""The GPU smoke check: the whole GPU path in one script, one table (under 8 minutes on one GPU).
+
+    python -m eval.gpu_smoke                                   # on a GPU machine: CUDA, the GPU configs
+    python -m eval.gpu_smoke --data-root ../shared/data        # the real data instead of generated data
+    python -m eval.gpu_smoke --device cpu --configs ct_tiny,tumor_tiny --steps 2 --compile off --limit 2   # tests
+
+For each config (default `ct_gpu`, `tumor_gpu`) and each `torch.compile` setting it trains `--steps` optimiser steps
+with the config's precision (bf16) in a fresh process (`train_diffusion.py`, as `accelerate launch` would run it on
+one device) and reads the images per second from the run's metrics.jsonl; then `infer.py --device D` on `--limit` CT
+slices and tumor images with the released checkpoints, and `serve.py --device D` answering one real request per task.
+Without `--data-root` (or `$DMIAI_DATA`) it writes generated data in the competition's layout under --out, so the
+check needs nothing but the repository. Writes `smoke.json` and prints one Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from diffusion.data.synthetic import write_ct_layout, write_tumor_layout
+from diffusion.errors import UserError, run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def generated_data(root: Path) -> Path:
+    """Generated data big enough for the GPU configs' batches (64 per step)."""
+    if not (root / "ct-inpainting").is_dir():
+        write_ct_layout(root / "ct-inpainting", patients=12, slices=10, seed=0)
+    if not (root / "tumor-segmentation").is_dir():
+        write_tumor_layout(root / "tumor-segmentation", patients=12, controls=8, seed=1)
+    return root
+
+
+def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return done, time.perf_counter() - start
+
+
+def failure(done: subprocess.CompletedProcess) -> str:
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1][:160] if lines else f"exit {done.returncode}"
+
+
+def train_row(config: str, compile_: bool, steps: int, data: Path, out: Path) -> dict:
+    run_dir = out / f"train_{config}_{'compile' if compile_ else 'eager'}"
+    cmd = [sys.executable, "train_diffusion.py", "--config", f"configs/{config}.yaml", "--out", str(run_dir),
+           "--data-root", str(data), "--max-steps", str(steps), "--set", f"train.compile={str(compile_).lower()}",
+           "--set", "data.val_patients=3", "--set", "train.val_slices=4",
+           "--set", f"train.log_every={max(1, min(10, steps // 4))}",
+           "--set", "train.val_every=1000000", "--set", "train.checkpoint_every=1000000"]
+    done, seconds = run(cmd, timeout=600)
+    row = {"what": f"train {config}" + (" + compile" if compile_ else ""), "ok": done.returncode == 0,
+           "seconds": round(seconds, 1)}
+    if done.returncode:
+        return {**row, "note": failure(done)}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in rows if "images_per_s" in r][1:] or \
+        [r["images_per_s"] for r in rows if "images_per_s" in r]  # the first window holds warm-up (and compiling)
+    return {**row, "images_per_s": round(statistics.median(rates), 1) if rates else None,
+            "note": f"{steps} steps, validation and checkpoint at the end"}
+
+
+def infer_row(task: str, device: str, limit: int, data: Path, out: Path) -> dict:
+    target = out / f"infer_{task}"
+    done, seconds = run([sys.executable, "infer.py", "--task", task, "--device", device, "--limit", str(limit),
+                         "--data-root", str(data), "--out", str(target)], timeout=600)
+    row = {"what": f"infer.py --task {task} --device {device}", "ok": done.returncode == 0,
+           "seconds": round(seconds, 1)}
+    if done.returncode:
+        return {**row, "note": failure(done)}
+    metrics = json.loads((target / "metrics.json").read_text())
+    score = {k: round(metrics[k], 3) for k in ("mae", "dice") if k in metrics}
+    return {**row, "seconds_per_image_p95": round(metrics["seconds_per_image"]["p95"], 3),
+            "note": f"{metrics['n']} images, {metrics['sampler']} E={metrics['ensemble']}, {score}"}
+
+
+def request_body(task: str, data: Path) -> dict:
+    """The first case of the data root as a competition request."""
+    def b64(path: Path) -> str:
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+
+    if task == "ct":
+        root = data / "ct-inpainting"
+        sid = sorted(p.name[len("corrupted_"):-4] for p in (root / "corrupted").glob("corrupted_*.png"))[0]
+        return {"corrupted_image": b64(root / "corrupted" / f"corrupted_{sid}.png"),
+                "tissue_image": b64(root / "tissue" / f"tissue_{sid}.png"),
+                "mask_image": b64(root / "mask" / f"mask_{sid}.png"),
+                "vertebrae": int((root / "vertebrae" / f"vertebrae_{sid}.txt").read_text())}
+    image = sorted((data / "tumor-segmentation" / "patients" / "imgs").glob("patient_*.png"))[0]
+    return {"img": b64(image)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_row(task: str, device: str, data: Path, timeout: float = 300) -> dict:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "serve.py", "--task", task, "--device", device, "--port", str(port)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    row = {"what": f"serve.py --task {task} --device {device}", "ok": False}
+    start = time.perf_counter()
+    try:
+        while time.perf_counter() - start < timeout:  # the model loads and warms up before it listens
+            if server.poll() is not None:
+                return {**row, "note": (server.stdout.read().strip().splitlines() or ["exited"])[-1][:160]}
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps(request_body(task, data)).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body,
+                                         headers={"Content-Type": "application/json"})
+        sent = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+            sampler = response.headers.get("X-Sampler")
+        key = "reconstructed_image" if task == "ct" else "img"
+        ok = isinstance(answer.get(key), str) and len(answer[key]) > 100
+        return {**row, "ok": ok, "seconds": round(time.perf_counter() - sent, 3),
+                "note": f"one request answered with {sampler}"}
+    except OSError as exc:
+        return {**row, "note": str(exc)[:160]}
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| check | ok | seconds | images / s | p95 s / image | note |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {'yes' if r['ok'] else 'NO'} | {r.get('seconds', '')} | "
+                     f"{r.get('images_per_s', '')} | {r.get('seconds_per_image_p95', '')} | {r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--configs", default="ct_gpu,tumor_gpu", help="comma-separated config names in configs/")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps per training row")
+    p.add_argument("--compile", default="both", choices=["both", "on", "off"])
+    p.add_argument("--limit", type=int, default=20, help="inputs per infer.py row")
+    p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, else generated data)")
+    p.add_argument("--out", default="runs/gpu_smoke")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu for a dry run)")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data_root or os.environ.get("DMIAI_DATA") or generated_data(out / "data")).resolve()
+    compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    rows = []
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        for compile_ in compiles:
+            rows.append(train_row(config, compile_, args.steps, data, out))
+            print(rows[-1], flush=True)
+    for task in ("ct", "tumor"):
+        rows.append(infer_row(task, args.device, args.limit, data, out))
+        print(rows[-1], flush=True)
+    for task in ("ct", "tumor"):
+        rows.append(serve_row(task, args.device, data))
+        print(rows[-1], flush=True)
+    report = {"device": device_name, "torch": torch.__version__, "data": str(data), "rows": rows}
+    (out / "smoke.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{device_name}, torch {torch.__version__}, data {data}\n")
+    print(table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)
