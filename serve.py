@@ -1,6 +1,10 @@
 """The competition's HTTP interface (`POST /predict`) around the released models.
 
     python serve.py --task ct [--host 127.0.0.1] [--port 9050] [--checkpoint PATH] [--device cpu] [--budget 8]
+    dmiai-serve --task tumor      # the same, as the installed console command
+
+The request and response formats are the task's (`diffusion/tasks/<task>.py`: `request_model`, `parse_request`,
+`encode_response`); this file knows no task.
 
 * The model is loaded once at start-up. `GET /` says the endpoint is running, `GET /api` gives service and uptime.
 * Deadline: the service keeps a running estimate of the seconds per network evaluation and, when the default
@@ -17,72 +21,28 @@
 
 import argparse
 import asyncio
-import base64
-import binascii
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from diffusion.data.ct import NUM_VERTEBRA_LEVELS, SIZE
-from diffusion.data.images import decode_png, encode_png
-from diffusion.data.tumor import MAX_HEIGHT, MAX_WIDTH
-from diffusion.errors import DataError, run_cli
+from diffusion.codec import BadInput
+from diffusion.errors import run_cli
+from diffusion.inference import load_predictor
+from diffusion.tasks import task_names
 from samplers import SamplerSpec
 
 log = logging.getLogger("serve")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a 256x256 or 400x991 PNG in base64 is far below this
 
 
-class CTRequest(BaseModel):
-    corrupted_image: str
-    tissue_image: str
-    mask_image: str
-    vertebrae: int
-
-
-class CTResponse(BaseModel):
-    reconstructed_image: str
-
-
-class TumorRequest(BaseModel):
-    img: str
-
-
-class TumorResponse(BaseModel):
-    img: str
-
-
 class Cancelled(Exception):
     """The client went away: stop sampling."""
-
-
-class BadInput(Exception):
-    def __init__(self, field: str, problem: str, status: int = 422):
-        super().__init__(f"{field}: {problem}")
-        self.status = status
-
-
-def decode_field(value: str, field: str, grey: bool = True) -> np.ndarray:
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput(field, "not valid base64") from None
-    try:
-        return decode_png(raw, grey=grey, what=field)
-    except DataError as exc:
-        raise BadInput(field, str(exc).split(": ", 1)[-1]) from None
-
-
-def encode_field(image: np.ndarray) -> str:
-    return base64.b64encode(encode_png(image)).decode("ascii")
 
 
 @dataclass
@@ -131,81 +91,34 @@ def seconds_per_evaluation(service, inputs: dict, repeats: int = 2) -> float:
     return min(times) / spec.nfe
 
 
-class CTService:
-    name = "ct-inpainting"
-    request_model, response_model = CTRequest, CTResponse
+class Service:
+    """A task's predictor behind the competition's interface: the task decodes the request and encodes the answer."""
 
-    def __init__(self, inpainter):
-        self.inpainter = inpainter
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.task = predictor.task
+        self.name = self.task.service_name
+        self.request_model, self.response_model = self.task.request_model, self.task.response_model
 
-    def parse(self, req: CTRequest) -> dict:
-        images = {}
-        for field in ("corrupted_image", "tissue_image", "mask_image"):
-            image = decode_field(getattr(req, field), field)
-            if image.shape != (SIZE, SIZE):
-                raise BadInput(field, f"expected {SIZE}x{SIZE} pixels, got {image.shape[1]}x{image.shape[0]}")
-            images[field] = image
-        bad = np.setdiff1d(np.unique(images["mask_image"]), (0, 255))
-        if bad.size:
-            raise BadInput("mask_image", f"values must be only 0 and 255, found {bad[:5].tolist()}")
-        bad = np.setdiff1d(np.unique(images["tissue_image"]), (0, 100, 255))
-        if bad.size:
-            raise BadInput("tissue_image", f"values must be only 0, 100 and 255, found {bad[:5].tolist()}")
-        if not 0 <= req.vertebrae < NUM_VERTEBRA_LEVELS:
-            raise BadInput("vertebrae", f"{req.vertebrae} out of range 0..{NUM_VERTEBRA_LEVELS - 1}")
-        return {"corrupted": images["corrupted_image"][None], "missing_mask": (images["mask_image"][None] > 0)
-                .astype(np.uint8), "tissue": images["tissue_image"][None], "vertebra": np.array([req.vertebrae])}
+    def parse(self, request) -> dict:
+        return self.task.parse_request(request)
 
     def default_plan(self) -> Plan:
-        spec, ensemble = self.inpainter.default_spec()
+        spec, ensemble = self.predictor.default_spec()
         return Plan(spec, ensemble)
 
     def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
-        from diffusion.inference import to_uint8
-
-        pred = self.inpainter.predict_batch(**inputs, spec=plan.spec, ensemble=plan.ensemble, seeds=[0],
-                                            callback=callback)[0]
-        return {"reconstructed_image": encode_field(to_uint8(pred.image))}
+        prediction = self.predictor.predict_one(inputs, spec=plan.spec, ensemble=plan.ensemble, seed=0,
+                                                callback=callback)
+        return self.task.encode_response(self.task.output_image(prediction))
 
     def warm_up(self) -> float:
-        """Seconds per network evaluation, from 1-step predictions on a blank slice."""
-        blank = np.zeros((1, SIZE, SIZE), np.uint8)
-        return seconds_per_evaluation(self, {"corrupted": blank, "missing_mask": blank, "tissue": blank,
-                                             "vertebra": np.array([0])})
-
-
-class TumorService:
-    name = "tumor-segmentation"
-    request_model, response_model = TumorRequest, TumorResponse
-
-    def __init__(self, segmenter):
-        self.segmenter = segmenter
-
-    def parse(self, req: TumorRequest) -> dict:
-        rgb = decode_field(req.img, "img", grey=False)
-        h, w = rgb.shape[:2]
-        if not (1 <= h <= MAX_HEIGHT and 1 <= w <= MAX_WIDTH):
-            raise BadInput("img", f"{w}x{h} pixels is outside the competition's bounds (width <= {MAX_WIDTH}, "
-                                  f"height <= {MAX_HEIGHT})")
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise BadInput("img", "the three colour channels must be identical (a grey PET MIP)")
-        return {"image": rgb[..., 0]}
-
-    def default_plan(self) -> Plan:
-        spec, ensemble = self.segmenter.default_spec()
-        return Plan(spec, ensemble)
-
-    def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
-        pred = self.segmenter.predict(inputs["image"], spec=plan.spec, ensemble=plan.ensemble, callback=callback)
-        return {"img": encode_field(np.repeat(pred.image[..., None], 3, 2))}
-
-    def warm_up(self) -> float:
-        """Seconds per network evaluation, from 1-step predictions on a blank image of the largest size."""
-        return seconds_per_evaluation(self, {"image": np.full((MAX_HEIGHT, MAX_WIDTH), 255, np.uint8)})
+        """Seconds per network evaluation, from 1-member predictions on blank inputs of the largest size."""
+        return seconds_per_evaluation(self, self.task.warm_up_inputs())
 
 
 def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = None) -> FastAPI:
-    """The FastAPI app for one task's service (`CTService` or `TumorService`). `seconds_per_nfe=None` measures it at start-up."""
+    """The FastAPI app for one task's `Service`. `seconds_per_nfe=None` measures it at start-up."""
     app = FastAPI(title=f"dmiai-diffusion {service.name}")
     started = time.time()
     lock = asyncio.Lock()
@@ -289,19 +202,13 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
         await asyncio.sleep(0.1)
 
 
-def build_service(task: str, checkpoint: str | None, device: str):
-    if task == "ct":
-        from diffusion.inference import CTInpainter
-
-        return CTService(CTInpainter.from_checkpoint(checkpoint, device=device))
-    from diffusion.inference import TumorSegmenter
-
-    return TumorService(TumorSegmenter.from_checkpoint(checkpoint, device=device))
+def build_service(task: str, checkpoint: str | None, device: str) -> Service:
+    return Service(load_predictor(task, checkpoint, device=device))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default, loopback) or 0.0.0.0 for all interfaces")
     p.add_argument("--port", type=int, default=9050)
     p.add_argument("--checkpoint", default=None, help="slim checkpoint (default: the released one of the task)")
@@ -319,5 +226,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `dmiai-serve`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,6 +5,7 @@
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_more --init checkpoints/ct_inpaint.safetensors
     accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
     accelerate launch --multi_gpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
+    dmiai-train --config configs/ct_cpu.yaml --out runs/ct_cpu      # the same, as the installed console command
 
 The run folder gets: config.yaml (resolved), metrics.jsonl, curves.png, samples/step_*.png,
 checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetensors (slim EMA, by validation MAE).
@@ -38,25 +39,19 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
+from diffusion.checkpoint import (
+    latest_full_state,
+    load_slim,
+    save_full_state,
+    save_slim,
+)
 from diffusion.config import apply_overrides, dump_config, load_config
 from diffusion.distill import DistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
+from diffusion.figures import plot_curves
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
-from diffusion.figures import plot_curves
-
-
-class TrainingLoss(torch.nn.Module):
-    """Routes the loss through forward() so DDP sees (and synchronises) it."""
-
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, target, cond, class_labels, weight):
-        return self.denoiser.loss(target, cond, class_labels, weight)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -160,6 +155,28 @@ def load_resume_state(args, config: dict, ckpt_dir: Path) -> dict:
     return state
 
 
+def restore(state: dict, net, ema, optimizer, lr_scheduler, grad_accum: int) -> tuple[int, int, int, int, float]:
+    """Load a full training state; return (step, epoch, batches done in that epoch, micro-batches done, best score)."""
+    net.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    step, best = state["step"], state.get("best_score", state.get("best_mae"))  # best_mae: before tumor support
+    if "batch" in state:  # where in the epoch the run stopped
+        return step, state["epoch"], state["batch"], state["micro"], best
+    return step, state["epoch"] + 1, 0, step * grad_accum, best  # written before exact resume: the next epoch
+
+
+def make_loss(config: dict, task, denoiser, teacher, device) -> torch.nn.Module:
+    """The module whose forward() gives the per-sample loss: the training objective, or a distillation round's."""
+    if teacher is None:
+        return TrainingLoss(denoiser)
+    teacher.to(device)
+    if config["train"]["channels_last"]:
+        teacher.net.to(memory_format=torch.channels_last)
+    return DistillationLoss(denoiser, teacher, config["distill"]["student_steps"], task.known)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = apply_overrides(load_config(args.config), args.set)
@@ -174,7 +191,7 @@ def main(argv=None) -> int:
     task = get_task(config["task"], config["data"])
     per_process = per_process_batch(tc, accelerator.num_processes)
 
-    train_set, val, where, data_summary = load_training_data(config, args.data_root, progress=main_proc)
+    train_set, data_dir, val, where, data_summary = load_training_data(task, config, args.data_root, main_proc)
     metric_key = f"val_{task.metric}"
     better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
@@ -195,28 +212,15 @@ def main(argv=None) -> int:
     ckpt_dir = run / "checkpoints"
     if args.resume:
         state = load_resume_state(args, config, ckpt_dir)
-        denoiser.net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        step, best_score = state["step"], state.get("best_score", state.get("best_mae"))
-        if "batch" in state:  # where in the epoch the run stopped
-            epoch, batch_in_epoch, micro = state["epoch"], state["batch"], state["micro"]
-        else:  # written before exact resume: start the next epoch
-            epoch, micro = state["epoch"] + 1, step * tc["grad_accum"]
+        step, epoch, batch_in_epoch, micro, best_score = restore(state, denoiser.net, ema, optimizer, lr_scheduler,
+                                                                 tc["grad_accum"])
         if main_proc:
             print(f"resumed from {state['path']} at step {step}")
     ema.to(accelerator.device)
 
     if tc["compile"]:
         denoiser.net.compile()  # in place: parameter names and checkpoints stay as they are
-    if teacher is None:
-        loss_module = TrainingLoss(denoiser)
-    else:
-        teacher.to(accelerator.device)
-        if tc["channels_last"]:
-            teacher.net.to(memory_format=torch.channels_last)
-        loss_module = DistillationLoss(denoiser, teacher, config["distill"]["student_steps"], task.known)
+    loss_module = make_loss(config, task, denoiser, teacher, accelerator.device)
     loss_module, optimizer, loader = accelerator.prepare(loss_module, optimizer, loader)
 
     if main_proc:
@@ -226,8 +230,8 @@ def main(argv=None) -> int:
         print(f"{data_summary}; {sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_process}/process")
         print(dump_config(config))
-    validator = Validator(config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
-        if main_proc and val is not None else None
+    validator = Validator(task, config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
+        if main_proc and val else None
     net = accelerator.unwrap_model(loss_module).denoiser.net
 
     def ema_state_dict():
@@ -247,7 +251,7 @@ def main(argv=None) -> int:
     def validate():
         nonlocal best_score
         ema.copy_to(validator.net.parameters())
-        score = validator(val, step, run)
+        score = validator(data_dir, val, step, run)
         metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
         metrics.flush()
         if better(score, best_score):
@@ -316,5 +320,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `dmiai-train`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,6 +14,7 @@ DEFAULTS: dict = {
     "data": {
         "val_patients": 53,          # patients held out for validation (patient-level split)
         "split_seed": 0,
+        "calib_patients": 0,         # training patients held out to choose thresholds and post-processing on
         "crop_size": 128,
         "generated_mask_prob": 0.5,  # else a real mask of another slice
         "flip": True,
@@ -70,7 +71,8 @@ DEFAULTS: dict = {
         "steps": 1,
         "jumps": 10,                 # repaint: jump_n_sample
         "ensemble": 1,
-        "threshold": 0.5,            # tumor: probability threshold, chosen on validation
+        "threshold": 0.5,            # tumor: probability threshold, chosen on calibration patients
+        "min_component": 0,          # tumor: drop predicted components smaller than this (pixels)
         "flip": False,               # odd ensemble members see the mirrored input (flip test-time augmentation)
     },
 }

@@ -11,6 +11,14 @@ from torch import nn
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 OBJECTIVES = ("diffusion", "regress")
+LOSSES = ("l1", "l2", "bce_dice")
+
+
+def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample 1 - soft Dice over the pixels where `mask` > 0, smoothed by 1 so that an empty target (a healthy
+    crop) asks for an empty prediction instead of dividing by zero."""
+    p, y, m = probability.flatten(1), target.flatten(1), (mask > 0).to(probability.dtype).expand_as(probability).flatten(1)
+    return 1 - (2 * (p * y * m).sum(1) + 1) / ((p * m).sum(1) + (y * m).sum(1) + 1)
 
 
 class Denoiser(nn.Module):
@@ -22,8 +30,10 @@ class Denoiser(nn.Module):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if loss not in ("l1", "l2"):
-            raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "bce_dice" and prediction_type != "sample":
+            raise ValueError("loss 'bce_dice' predicts the clean target's logits: it needs prediction_type 'sample'")
         self.net = net
         self.prediction_type = prediction_type
         self.num_train_timesteps = num_train_timesteps
@@ -54,7 +64,9 @@ class Denoiser(nn.Module):
         t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
         out = self.net(torch.cat([x_t, cond], 1).to(self._dtype()), t, class_labels=class_labels).sample.float()
         a, s = self.alpha_sigma(t)
-        if self.prediction_type == "epsilon":
+        if self.loss_type == "bce_dice":  # the network gives the logit of the target's probability (x0 + 1) / 2
+            x0 = 2 * torch.sigmoid(out) - 1
+        elif self.prediction_type == "epsilon":
             x0 = (x_t - s * out) / a
         elif self.prediction_type == "v_prediction":
             x0 = a * x_t - s * out
@@ -103,6 +115,15 @@ class Denoiser(nn.Module):
         return eps if self.prediction_type == "epsilon" else a * eps - s * x0
 
     def weighted_loss(self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of the network's output against its target (both in the network's parameterisation).
+        `bce_dice` (segmentation, the strong public entries' loss): the output is a logit, the target x0 in [-1, 1]
+        is read as the probability (x0 + 1) / 2; weighted BCE plus a soft Dice over the pixels with weight > 0."""
+        if self.loss_type == "bce_dice":
+            y = (target + 1) / 2
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
+            w = weight.to(bce.dtype).expand_as(bce)
+            bce = (bce * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+            return bce + soft_dice_loss(torch.sigmoid(out), y, weight)
         diff = out - target
         per_pixel = diff.abs() if self.loss_type == "l1" else diff.square()
         weight = weight.to(per_pixel.dtype).expand_as(per_pixel)

@@ -58,3 +58,21 @@ def plot_cases(out_path: Path, columns: list[str], rows: list[list[np.ndarray]],
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
+
+
+def plot_reliability(reliability: list[dict], out_path: Path, title: str = "") -> None:
+    """Mean absolute error per bin of ensemble spread (with each bin's share of pixels): informative uncertainty
+    rises from left to right."""
+    rows = [r for r in reliability if r["mae"] is not None]
+    labels = [f"{r['spread_from']:g}-{r['spread_to']:g}".replace("-inf", "+") for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(range(len(rows)), [r["mae"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{100 * r['share']:.1f}%", (i, r["mae"]), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, fontsize=8)
+    ax.set(xlabel="ensemble spread (grey levels); label: share of pixels", ylabel="MAE of those pixels",
+           title=title or "uncertainty against error")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

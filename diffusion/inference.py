@@ -1,5 +1,6 @@
 """Loading a model for inference and sampling with it: the one code path shared by training-time
-validation, infer.py, eval.ablate and serve.py."""
+validation, infer.py, eval.ablate and serve.py. The task-specific predictors (`CTInpainter`, `TumorSegmenter`)
+subclass `Predictor` in their task modules."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
+from einops import repeat
 
 from diffusion.checkpoint import load_slim
 from diffusion.denoiser import Denoiser
@@ -17,11 +18,15 @@ from diffusion.errors import UserError
 from diffusion.network import build_unet
 from diffusion.tasks import get_task
 from samplers import SAMPLERS, SamplerSpec, spaced_timesteps
-from samplers.ensemble import reduce_ensemble, sample_noise
+from samplers.ensemble import sample_noise
 
 REPO = Path(__file__).resolve().parent.parent
-RELEASED = {"ct": REPO / "checkpoints" / "ct_inpaint.safetensors",
-            "tumor": REPO / "checkpoints" / "tumor_seg.safetensors"}
+
+
+def released_checkpoint(task) -> Path:
+    """The released checkpoint of a task (a name or a task object) in checkpoints/."""
+    task = get_task(task) if isinstance(task, str) else task
+    return REPO / "checkpoints" / task.released
 
 
 def build_denoiser(config: dict) -> Denoiser:
@@ -79,7 +84,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True):
-        path = Path(path) if path is not None else RELEASED[cls.task_name]
+        path = Path(path) if path is not None else released_checkpoint(cls.task_name)
         state, config, _ = load_slim(path, expected_task=cls.task_name)
         denoiser = build_denoiser(config)
         denoiser.net.load_state_dict(state)
@@ -135,69 +140,15 @@ class Predictor:
             x0 = torch.where(flipped, x0.flip(-1), x0)
         return x0.cpu()
 
-
-class CTInpainter(Predictor):
-    """CT inpainting: `predict_batch(...)` for one or several slices."""
-
-    task_name = "ct"
-
-    @torch.no_grad()
-    def predict_batch(self, corrupted: np.ndarray, missing_mask: np.ndarray, tissue: np.ndarray,
-                      vertebra: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                      seeds: list[int] | None = None, callback=None) -> list[Prediction]:
-        """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble.
-        `callback(state)` is called after every sampler step (it may raise to stop sampling)."""
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
-        n = corrupted.shape[0]
-        seeds = list(range(n)) if seeds is None else seeds
-        known_grey = torch.from_numpy(np.ascontiguousarray(corrupted))
-        missing = torch.from_numpy(np.ascontiguousarray(missing_mask))
-        tissue_t = torch.from_numpy(np.ascontiguousarray(tissue))
-        cond = self.task.condition(known_grey, missing, tissue_t)
-        labels = torch.as_tensor(np.asarray(vertebra), dtype=torch.long)
-        known = self.task.known(None, cond)
-        x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=known["x0"], known_mask=known["mask"],
-                         callback=callback)
-        rep = lambda t: repeat(t, "n ... -> (n e) ...", e=ensemble)
-        grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))
-        grey = rearrange(grey, "(n e) h w -> n e h w", e=ensemble)
-        out = []
-        for i in range(n):
-            reduced, spread = reduce_ensemble(grey[i], "median")
-            out.append(Prediction(image=reduced.numpy(), uncertainty=spread.numpy()))
-        return out
-
-
-class TumorSegmenter(Predictor):
-    """Tumor segmentation: E sampled masks per image, averaged into a tumor probability and thresholded."""
-
-    task_name = "tumor"
-
-    @property
-    def threshold(self) -> float:
-        return float(self.config.get("sample", {}).get("threshold", 0.5))
-
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                seed: int = 0, callback=None) -> Prediction:
-        """image: (H, W) uint8 PET. The whole image is padded to the network's multiple and cropped back."""
-        from diffusion.data.tumor import crop_back, pad_to_multiple
-
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
-        multiple = 2 ** (len(self.config["model"]["block_out_channels"]) - 1)
-        padded = pad_to_multiple(image, multiple, 255)
-        cond = self.task.condition(torch.from_numpy(padded)[None], torch.zeros(1, dtype=torch.long))
-        x0 = self.sample(cond, None, spec, ensemble, [seed], callback=callback)[:, 0]  # (E, H, W)
-        members = crop_back((x0.clamp(-1, 1) + 1) / 2, image.shape)
-        probability, spread = reduce_ensemble(members, "mean")
-        mask = (probability > self.threshold).numpy().astype(np.uint8) * 255
-        return Prediction(image=mask, uncertainty=spread.numpy(), probability=probability.numpy())
+    def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
+                    seed: int = 0, callback=None) -> Prediction:
+        """One case's inputs (as `Task.read_case` and `Task.parse_request` give them) -> its prediction."""
+        raise NotImplementedError
 
 
 def load_predictor(task: str, path: str | Path | None = None, device: str = "cpu") -> Predictor:
-    return {"ct": CTInpainter, "tumor": TumorSegmenter}[task].from_checkpoint(path, device=device)
+    """The task's predictor for a slim checkpoint (default: the task's released one)."""
+    return get_task(task).predictor_class.from_checkpoint(path, device=device)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,86 +1,55 @@
-"""What the training loop needs from a task: its training data and a validation routine.
+"""What the training loop needs from a task, for any task: its training data split by patient, and a validator.
 
-The loop in `train_diffusion.py` is the same for every task; this module holds the per-task pieces
-(data sets, validation subsets and how a validation score is computed and drawn)."""
+The loop in `train_diffusion.py` is the same for every task; the task object supplies the data set and the
+predictor, and validation is `diffusion.evaluate.run_cases` (what infer.py runs) on the validation cases."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from diffusion.data import (
-    CTTrainDataset,
-    load_ct_slices,
-    resolve_task_root,
-    split_indices,
-    validation_subset,
-)
-from diffusion.data.tumor import TumorTrainDataset, load_tumor_cases
 from diffusion.checkpoint import round_to_slim
-from diffusion.inference import CTInpainter, TumorSegmenter, build_denoiser, case_seed, to_uint8
-from diffusion.metrics import dice_score, image_mae
-from diffusion.figures import plot_cases
+from diffusion.data.split import split_cases, validation_subset
+from diffusion.evaluate import run_cases
+from diffusion.inference import build_denoiser
+from diffusion.tasks import Case, Task
 
 
-def load_training_data(config: dict, data_root, progress: bool):
-    """(train dataset, validation cases or None, a line saying where the data came from, a summary line)."""
-    task, dc, tc = config["task"], config["data"], config["train"]
-    root, where = resolve_task_root(task, data_root)
-    if task == "ct":
-        cases = load_ct_slices(root, need_truth=True, progress=progress)
-        patients = cases.patients
-    else:
-        cases = load_tumor_cases(root, include_controls=dc["controls"], need_truth=True, progress=progress)
-        patients = cases.ids
-    patient_rows = [i for i, p in enumerate(patients) if not p.startswith("control_")]
-    val_idx = [patient_rows[i] for i in split_indices([patients[i] for i in patient_rows], dc["val_patients"],
-                                                      dc["split_seed"], "val")]
-    val_set = set(val_idx)
-    train_idx = [i for i in range(len(patients)) if i not in val_set]  # controls always train (negatives)
-    train = cases.subset(train_idx)
-    if task == "ct":
-        train_set = CTTrainDataset(train, crop_size=dc["crop_size"], generated_mask_prob=dc["generated_mask_prob"],
-                                   flip=dc["flip"], seed=config["seed"])
-    else:
-        train_set = TumorTrainDataset(train, crop_size=dc["crop_size"], tumor_crop_prob=dc["tumor_crop_prob"],
-                                      flip=dc["flip"], seed=config["seed"], control_fraction=dc["control_fraction"])
-    val_cases = cases.subset(val_idx)
-    val = val_cases.subset(validation_subset([patients[i] for i in val_idx], tc["val_slices"])) if val_idx else None
-    summary = (f"train {len(train_idx)} / val {len(val_idx)} {'slices' if task == 'ct' else 'images'} "
-               f"({dc['val_patients']} validation patients)")
-    return train_set, val, where, summary
+def load_training_data(task: Task, config: dict, data_root, progress: bool):
+    """(train dataset, task folder, validation cases, a line saying where the data came from, a summary line).
+    Validation: `train.val_slices` cases of the validation patients, spread over as many patients as possible;
+    the calibration patients (`data.calib_patients`) are left out of both; extra cases (healthy controls) always
+    train."""
+    dc, tc = config["data"], config["train"]
+    root, where = task.resolve_root(data_root)
+    cases = task.list_cases(root, include_extra=dc["controls"])
+    train_cases = split_cases(cases, dc["val_patients"], dc["split_seed"], "train", dc["calib_patients"])
+    # with calibration patients, in-training validation (and so best.safetensors) is chosen on them, never on the
+    # validation patients whose score is reported
+    watched = "calib" if dc["calib_patients"] else "val"
+    val_cases = split_cases(cases, dc["val_patients"], dc["split_seed"], watched, dc["calib_patients"])
+    train_set = task.training_dataset(root, train_cases, config, progress)
+    val = [val_cases[i] for i in validation_subset([c.patient for c in val_cases], tc["val_slices"])]
+    summary = (f"train {len(train_cases)} / {watched} {len(val_cases)} cases "
+               f"({len({c.patient for c in val_cases})} {watched} patients watched in training)")
+    return train_set, root, val, where, summary
 
 
 class Validator:
-    """Samples the validation cases with the EMA weights; returns the task's score and draws a grid."""
+    """Scores the validation cases with the EMA weights as `infer.py` would score the saved checkpoint, and draws
+    the first cases to samples/step_*.png."""
 
-    def __init__(self, config: dict, device, bf16: bool):
-        cls = CTInpainter if config["task"] == "ct" else TumorSegmenter
-        self.predictor = cls(build_denoiser(config), config, device=device, bf16=bf16)
+    def __init__(self, task: Task, config: dict, device, bf16: bool):
+        self.task = task
+        self.predictor = task.predictor_class(build_denoiser(config), config, device=device, bf16=bf16)
 
     @property
     def net(self):
         return self.predictor.denoiser.net
 
-    def __call__(self, val, step: int, run: Path) -> float:
-        """Scores the weights in `self.net` rounded as a slim checkpoint stores them, with each case's own seed:
-        the number `infer.py` gives for the saved checkpoint on the same cases."""
+    def __call__(self, root: Path, cases: list[Case], step: int, run: Path) -> float:
+        """The weights in `self.net` are first rounded as a slim checkpoint stores them; every case is sampled
+        with its own seed: the number `infer.py` gives for the saved checkpoint on the same cases."""
         round_to_slim(self.net)
-        out = run / "samples" / f"step_{step:07d}.png"
-        if isinstance(self.predictor, CTInpainter):
-            preds = self.predictor.predict_batch(val.corrupted, val.missing_mask, val.tissue, val.vertebra,
-                                                 seeds=[case_seed(i) for i in val.ids])
-            scores = [image_mae(p.image, t) for p, t in zip(preds, val.ct)]
-            show = range(min(4, len(val)))
-            rows = [[val.corrupted[i], to_uint8(preds[i].image), val.ct[i], np.abs(preds[i].image - val.ct[i])]
-                    for i in show]
-            plot_cases(out, ["corrupted", "prediction", "truth", "|error|"], rows,
-                       [f"{val.ids[i]} MAE {scores[i]:.2f}" for i in show], ["gray", "gray", "gray", "magma"])
-        else:
-            preds = [self.predictor.predict(image, seed=case_seed(cid)) for cid, image in zip(val.ids, val.images)]
-            scores = [dice_score(p.image, t) for p, t in zip(preds, val.labels)]
-            show = range(min(4, len(val)))
-            rows = [[val.images[i], val.labels[i] * 255, preds[i].image, preds[i].uncertainty] for i in show]
-            plot_cases(out, ["PET", "truth", "prediction", "uncertainty"], rows,
-                       [f"{val.ids[i]} Dice {scores[i]:.2f}" for i in show], ["gray", "gray", "gray", "viridis"])
-        return float(np.mean(scores))
+        spec, ensemble = self.predictor.default_spec()
+        metrics = run_cases(self.task, self.predictor, root, cases, spec, ensemble, seed=0,
+                            overview=run / "samples" / f"step_{step:07d}.png", progress=False)
+        return metrics[self.task.metric]

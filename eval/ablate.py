@@ -3,8 +3,8 @@
     python -m eval.ablate --task ct --data-root ../shared/data --split val --limit 20 \
         --samplers ddpm:100,ddim:1,ddim:4,ddim:10,repaint:10x5 --ensemble 1,4 --out runs/ablation
 
-Writes results.csv (sampler,steps,nfe,ensemble,mae,seconds_per_image) and pareto.png. It reuses infer.py's
-code path (`infer.run_task`): one way to sample and score.
+Writes results.csv (sampler,steps,nfe,ensemble,<the task's metric>,seconds_per_image) and pareto.png. It runs
+infer.py's code path (`diffusion.evaluate.evaluate`): one way to sample and score.
 
 `distilled:K` runs the student distilled for K steps and `regressor:1` the regressor baseline: they are other
 checkpoints, given with `--models PATH,PATH` (default: the task's other released checkpoints in checkpoints/).
@@ -21,12 +21,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
-import infer
 from diffusion.errors import UserError, run_cli
-from diffusion.inference import RELEASED, Predictor, load_predictor
+from diffusion.evaluate import evaluate
+from diffusion.inference import Predictor, load_predictor, released_checkpoint
+from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
-
-METRICS = {"ct": "mae", "tumor": "dice"}
 
 
 def parse_list(text: str, parse, what: str):
@@ -68,7 +67,7 @@ def other_models(task: str, text: str | None, main: Path) -> list[Path]:
             if not path.is_file():
                 raise UserError(f"--models: {path} does not exist")
         return paths
-    released = RELEASED[task]
+    released = released_checkpoint(task)
     return sorted(p for p in released.parent.glob(f"{released.stem}_*.safetensors") if p.resolve() != main.resolve())
 
 
@@ -91,7 +90,7 @@ def plot_pareto(rows: list[dict], path: Path, metric: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--data-root", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--models", default=None,
@@ -100,17 +99,17 @@ def main(argv=None) -> int:
     p.add_argument("--samplers", required=True, help="comma-separated NAME:STEPS specs (repaint: STEPSxJUMPS)")
     p.add_argument("--ensemble", default="1", help="comma-separated ensemble sizes")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--split", default="val", choices=["all", "train", "val"])
+    p.add_argument("--split", default="val", choices=["all", "train", "val", "calib"])
     p.add_argument("--include-controls", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    metric = METRICS[args.task]
+    metric = get_task(args.task).metric
     columns = ["sampler", "steps", "nfe", "ensemble", metric, "seconds_per_image"]
     specs = parse_list(args.samplers, parse_spec, "samplers")
     ensembles = parse_list(args.ensemble, positive_int, "ensemble")
-    main_path = Path(args.checkpoint or RELEASED[args.task])
+    main_path = Path(args.checkpoint or released_checkpoint(args.task))
     predictors = [load_predictor(args.task, main_path, device=args.device)]
     if any(s.name in ("distilled", "regressor") for s in specs):
         predictors += [load_predictor(args.task, path, device=args.device)
@@ -122,7 +121,8 @@ def main(argv=None) -> int:
     rows = []
     settings = [(s, e) for s in specs for e in ensembles]
     for spec, ens in tqdm(settings, desc="settings"):
-        metrics = infer.run_task(args, pick_predictor(spec, predictors), spec, ens, out=None, progress=False)
+        metrics = evaluate(pick_predictor(spec, predictors), args.data_root, spec, ens, split=args.split,
+                           limit=args.limit, include_extra=args.include_controls, seed=args.seed, progress=False)
         row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
                metric: round(metrics.get(metric, float("nan")), 4),
                "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}
@@ -137,5 +137,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `dmiai-ablate`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

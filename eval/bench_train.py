@@ -37,7 +37,7 @@ def time_steps(config: dict, bf16: bool, channels_last: bool, steps: int, seed: 
     n, size = config["train"]["batch_size"], config["data"]["crop_size"]
     x0 = torch.rand(n, task.target_channels, size, size) * 2 - 1
     cond = torch.randn(n, task.cond_channels, size, size)
-    labels = torch.randint(0, task.num_classes, (n,))
+    labels = torch.randint(0, task.num_classes, (n,)) if task.num_classes else None
     weight = torch.ones(n, 1, size, size)
     times, first = [], 0.0
     for i in range(steps + 1):  # the first step warms up and is dropped

@@ -1,11 +1,16 @@
-"""Choose the tumor probability threshold on the validation patients and store it with the checkpoint.
+"""Choose the tumor threshold and the minimum component size on calibration patients, and store them with the
+checkpoint. Never on the patients whose score is reported.
 
-    python -m eval.calibrate --checkpoint runs/tumor_cpu/best.safetensors --split val \
-        --out checkpoints/tumor_seg.safetensors
+    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors --out runs/tumor/calibrated.safetensors
+        # --split calib (default): the checkpoint's calibration patients (data.calib_patients, never trained on)
+    python -m eval.calibrate --checkpoint checkpoints/tumor_seg.safetensors --split val --cross-fit 5 --out X
+        # a model trained without calibration patients: an honest estimate by cross-fitting
 
-Samples every validation image once with the checkpoint's sampler and ensemble, sweeps the threshold over the
-ensemble's mean probability, and writes a copy of the checkpoint whose `sample.threshold` maximises the mean
-per-image Dice (the competition's score). The sweep is saved next to it as `<out>.threshold.json`.
+Samples every image of the split once (the checkpoint's sampler and ensemble), sweeps threshold x minimum component
+size over the ensemble's mean probability, and writes a copy of the checkpoint with the `sample.threshold` and
+`sample.min_component` that maximise the mean per-image Dice there. With `--cross-fit K` the patients are dealt
+into K folds and each fold is scored with the setting chosen on the other K-1: that mean, with its standard error
+over patients, is a score no patient's own truth selected. The report is `<out>.threshold.json`.
 """
 from __future__ import annotations
 
@@ -17,51 +22,101 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion.checkpoint import load_slim, save_slim
-from diffusion.data import resolve_task_root, split_indices
-from diffusion.data.tumor import list_tumor_cases, read_tumor_case
-from diffusion.errors import run_cli
-from diffusion.inference import TumorSegmenter, case_seed
+from diffusion.errors import UserError, run_cli
+from diffusion.evaluate import select_cases
+from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
+from diffusion.tasks import get_task
+from diffusion.tasks.tumor import remove_small_components
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+MIN_SIZES = (0, 10, 25, 50, 100, 200)
+
+
+def dice_table(probabilities: list[np.ndarray], labels: list[np.ndarray], thresholds=THRESHOLDS,
+               min_sizes=MIN_SIZES) -> np.ndarray:
+    """Per-image Dice for every (threshold, minimum component size): shape (images, thresholds, sizes)."""
+    table = np.zeros((len(probabilities), len(thresholds), len(min_sizes)))
+    for i, (probability, label) in enumerate(zip(probabilities, labels)):
+        for j, t in enumerate(thresholds):
+            mask = (probability > t).astype(np.uint8)
+            for k, m in enumerate(min_sizes):
+                table[i, j, k] = dice_score(remove_small_components(mask, m), label)
+    return table
 
 
 def sweep(probabilities: list[np.ndarray], labels: list[np.ndarray], thresholds=THRESHOLDS) -> dict[float, float]:
-    """Mean per-image Dice at each threshold."""
-    return {float(t): float(np.mean([dice_score(p > t, lab) for p, lab in zip(probabilities, labels)]))
-            for t in thresholds}
+    """Mean per-image Dice at each threshold (no component filter)."""
+    table = dice_table(probabilities, labels, thresholds, (0,))[:, :, 0]
+    return {float(t): float(v) for t, v in zip(thresholds, table.mean(0))}
+
+
+def best_setting(table: np.ndarray, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> tuple[float, int, float]:
+    """(threshold, minimum size, mean Dice) of the best cell of a (images, thresholds, sizes) table; ties go to the
+    first threshold and the smallest size."""
+    mean = table.mean(0)
+    j, k = np.unravel_index(int(np.argmax(mean)), mean.shape)
+    return float(thresholds[j]), int(min_sizes[k]), float(mean[j, k])
+
+
+def cross_fit(table: np.ndarray, folds: int, seed: int = 0, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
+    """Each image scored with the setting chosen on the folds it is not in."""
+    n = table.shape[0]
+    if not 2 <= folds <= n:
+        raise UserError(f"--cross-fit {folds}: needs 2..{n} folds for {n} images")
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    scores, settings = np.zeros(n), []
+    for f in range(folds):
+        t, m, _ = best_setting(table[fold != f], thresholds, min_sizes)
+        j, k = list(thresholds).index(t), list(min_sizes).index(m)
+        scores[fold == f] = table[fold == f, j, k]
+        settings.append({"threshold": t, "min_component": m})
+    return {"folds": folds, "dice": float(scores.mean()), "se": float(scores.std(ddof=1) / np.sqrt(n)),
+            "settings": settings}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="val", choices=["all", "train", "val"])
+    p.add_argument("--split", default="calib", choices=["all", "train", "val", "calib"])
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K", help="also the K-fold cross-fitted Dice")
     p.add_argument("--ensemble", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", required=True, help="where to write the calibrated slim checkpoint")
     args = p.parse_args(argv)
-    segmenter = TumorSegmenter.from_checkpoint(args.checkpoint)
-    root, where = resolve_task_root("tumor", args.data_root)
-    cases = list_tumor_cases(root, include_controls=False)
-    dc = segmenter.config["data"]
-    keep = split_indices([c[0] for c in cases], dc["val_patients"], dc["split_seed"], args.split)
-    cases = [cases[i] for i in keep][: args.limit] if args.limit else [cases[i] for i in keep]
+    task = get_task("tumor")
+    segmenter = load_predictor(task.name, args.checkpoint)
+    data_config = segmenter.config["data"]
+    if args.split == "calib" and not data_config.get("calib_patients"):
+        raise UserError(f"{args.checkpoint}: trained without calibration patients (data.calib_patients 0): train "
+                        f"with --set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
+    root, _ = task.resolve_root(args.data_root)
+    cases = select_cases(task, root, data_config, args.split)
+    cases = cases[: args.limit] if args.limit else cases
     probabilities, labels = [], []
-    for cid, image_path, label_path, _ in tqdm(cases, desc="sampling validation images"):
-        image, label = read_tumor_case(image_path, label_path)
-        probabilities.append(segmenter.predict(image, ensemble=args.ensemble, seed=case_seed(cid)).probability)
-        labels.append(label)
-    scores = sweep(probabilities, labels)
-    best = max(scores, key=scores.get)
+    for case in tqdm(cases, desc=f"sampling {args.split} images"):
+        example = task.read_case(root, case, with_truth=True)
+        prediction = segmenter.predict_one(example.inputs, ensemble=args.ensemble, seed=case_seed(case.id))
+        probabilities.append(prediction.probability)
+        labels.append(example.truth)
+    table = dice_table(probabilities, labels)
+    threshold, min_size, dice = best_setting(table)
     state, config, extra = load_slim(args.checkpoint, expected_task="tumor")
-    config["sample"]["threshold"] = best
+    config["sample"]["threshold"], config["sample"]["min_component"] = threshold, min_size
     if args.ensemble:
         config["sample"]["ensemble"] = args.ensemble
-    save_slim(Path(args.out), state, config, {**extra, "threshold_dice": scores[best], "threshold_images": len(cases)})
-    report = {"threshold": best, "dice": scores[best], "images": len(cases), "sweep": scores}
+    save_slim(Path(args.out), state, config, {**extra, "threshold_dice": dice, "threshold_images": len(cases),
+                                              "threshold_split": args.split})
+    report = {"threshold": threshold, "min_component": min_size, "dice": dice, "split": args.split,
+              "images": len(cases), "ids": [c.id for c in cases],
+              "untuned_dice": float(table[:, list(THRESHOLDS).index(0.5), 0].mean())}
+    if args.cross_fit:
+        report["cross_fit"] = cross_fit(table, args.cross_fit)
+    report["sweep"] = {f"{t}/{m}": float(table[:, j, k].mean()) for j, t in enumerate(THRESHOLDS)
+                       for k, m in enumerate(MIN_SIZES)}
     Path(str(args.out) + ".threshold.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if k != "sweep"}))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "ids")}, indent=1))
     return 0
 
 

@@ -14,7 +14,6 @@ check needs nothing but the repository. Writes `smoke.json` and prints one Markd
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import socket
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from diffusion.data.synthetic import write_ct_layout, write_tumor_layout
 from diffusion.errors import UserError, run_cli
+from diffusion.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,19 +86,10 @@ def infer_row(task: str, device: str, limit: int, data: Path, out: Path) -> dict
 
 
 def request_body(task: str, data: Path) -> dict:
-    """The first case of the data root as a competition request."""
-    def b64(path: Path) -> str:
-        return base64.b64encode(path.read_bytes()).decode("ascii")
-
-    if task == "ct":
-        root = data / "ct-inpainting"
-        sid = sorted(p.name[len("corrupted_"):-4] for p in (root / "corrupted").glob("corrupted_*.png"))[0]
-        return {"corrupted_image": b64(root / "corrupted" / f"corrupted_{sid}.png"),
-                "tissue_image": b64(root / "tissue" / f"tissue_{sid}.png"),
-                "mask_image": b64(root / "mask" / f"mask_{sid}.png"),
-                "vertebrae": int((root / "vertebrae" / f"vertebrae_{sid}.txt").read_text())}
-    image = sorted((data / "tumor-segmentation" / "patients" / "imgs").glob("patient_*.png"))[0]
-    return {"img": b64(image)}
+    """The first case of the data root as the task's competition request."""
+    task = get_task(task)
+    root, _ = task.resolve_root(data)
+    return task.request_body(root, task.list_cases(root)[0])
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ throughput, p50/p95/max latency and the error count, as JSON (and into --out if 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import threading
 import time
@@ -19,30 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion.data import list_ct_ids, resolve_task_root
-from diffusion.data.tumor import list_tumor_cases
 from diffusion.errors import run_cli
+from diffusion.tasks import get_task, task_names
 
 
-def ct_bodies(root: Path, n: int) -> list[bytes]:
-    bodies = []
-    for sid in list_ct_ids(root)[:n]:
-        read = lambda folder, name: base64.b64encode((root / folder / name).read_bytes()).decode()
-        bodies.append(json.dumps({
-            "corrupted_image": read("corrupted", f"corrupted_{sid}.png"), "tissue_image": read("tissue", f"tissue_{sid}.png"),
-            "mask_image": read("mask", f"mask_{sid}.png"),
-            "vertebrae": int((root / "vertebrae" / f"vertebrae_{sid}.txt").read_text().strip())}).encode())
-    return bodies
-
-
-def tumor_bodies(root: Path, n: int) -> list[bytes]:
-    return [json.dumps({"img": base64.b64encode(path.read_bytes()).decode()}).encode()
-            for _, path, _, _ in list_tumor_cases(root, include_controls=False)[:n]]
+def request_bodies(task, root: Path, n: int) -> list[bytes]:
+    """The first n cases of the data root as the task's competition requests."""
+    return [json.dumps(task.request_body(root, case)).encode() for case in task.list_cases(root)[:n]]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["ct", "tumor"])
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--data-root", default=None)
     p.add_argument("--url", default="http://127.0.0.1:9050/predict")
     p.add_argument("--clients", type=int, default=4)
@@ -51,8 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="client-side timeout per request")
     p.add_argument("--out", default=None, help="write the report JSON here too")
     args = p.parse_args(argv)
-    root, _ = resolve_task_root(args.task, args.data_root)
-    bodies = (ct_bodies if args.task == "ct" else tumor_bodies)(root, args.cases)
+    task = get_task(args.task)
+    root, _ = task.resolve_root(args.data_root)
+    bodies = request_bodies(task, root, args.cases)
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()

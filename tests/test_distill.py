@@ -12,7 +12,8 @@ from diffusion.checkpoint import load_slim
 from diffusion.config import load_config
 from diffusion.distill import DistillationLoss
 from diffusion.errors import UserError
-from diffusion.inference import CTInpainter, build_denoiser
+from diffusion.inference import build_denoiser
+from diffusion.tasks.ct import CTInpainter
 from samplers import SAMPLERS, SamplerSpec, parse_spec
 from tests.conftest import REPO, ct_request, write_ct_layout
 
@@ -118,7 +119,7 @@ def test_regressor_trains_deterministically_and_only_runs_as_regressor(tmp_path,
 
 
 def _serves_one_slice(inpainter):
-    with TestClient(serve.create_app(serve.CTService(inpainter), budget_s=8.0)) as client:
+    with TestClient(serve.create_app(serve.Service(inpainter), budget_s=8.0)) as client:
         r = client.post("/predict", json=ct_request(5, vertebrae=3))
     assert r.status_code == 200, r.text
     assert r.headers["x-sampler"].startswith(str(inpainter.default_spec()[0]))

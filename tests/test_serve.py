@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 import serve
 from diffusion.data.images import decode_png
-from diffusion.inference import CTInpainter
+from diffusion.tasks.ct import CTInpainter
 from tests.conftest import b64, ct_request
 
 
@@ -19,7 +19,7 @@ def slice_request():
 
 @pytest.fixture(scope="module")
 def client(trained_tiny):
-    service = serve.CTService(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    service = serve.Service(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
     with TestClient(serve.create_app(service, budget_s=8.0)) as c:
         yield c
 
@@ -72,7 +72,7 @@ def test_oversized_body_is_413(client):
 
 
 def test_server_error_is_500_with_request_id(trained_tiny, slice_request):
-    service = serve.CTService(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    service = serve.Service(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
     app = serve.create_app(service, seconds_per_nfe=0.01)
     service.predict = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
     with TestClient(app) as c:
@@ -92,7 +92,7 @@ def test_deadline_degrades_instead_of_overrunning(trained_tiny, slice_request):
         return forward(*args, **kwargs)
 
     inpainter.denoiser.forward = slow_forward
-    app = serve.create_app(serve.CTService(inpainter), budget_s=0.5)
+    app = serve.create_app(serve.Service(inpainter), budget_s=0.5)
     assert app.state.deadline.seconds_per_nfe >= 0.3  # measured at start-up
     with TestClient(app) as c:
         r = c.post("/predict", json=slice_request)
@@ -122,9 +122,9 @@ def test_deadline_counts_time_spent_queued():
 
 @pytest.fixture(scope="module")
 def tumor_client(trained_tumor_tiny):
-    from diffusion.inference import TumorSegmenter
+    from diffusion.tasks.tumor import TumorSegmenter
 
-    service = serve.TumorService(TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
+    service = serve.Service(TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
     with TestClient(serve.create_app(service, budget_s=8.0)) as c:
         yield c
 

@@ -15,9 +15,9 @@ from diffusion.data.tumor import (
     pad_to_multiple,
 )
 from diffusion.errors import DataError
-from diffusion.inference import TumorSegmenter
-from diffusion.tasks import get_task
 from diffusion.metrics import dice_score
+from diffusion.tasks import get_task
+from diffusion.tasks.tumor import TumorSegmenter
 
 
 def test_loads_patients_and_controls(tumor_root):
@@ -161,11 +161,65 @@ def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_roo
     assert scores[0.5] == 1.0 and scores[0.1] < 1.0 and scores[0.9] == 0.0
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root",
-                           str(tumor_root), "--split", "all", "--out", str(out)]) == 0
+                           str(tumor_root), "--split", "all", "--cross-fit", "3", "--out", str(out)]) == 0
     _, config, extra = load_slim(out, expected_task="tumor")
     report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
     assert config["sample"]["threshold"] == report["threshold"] and extra["threshold_images"] == 3
+    assert config["sample"]["min_component"] == report["min_component"]
     assert report["dice"] == max(report["sweep"].values())
+    assert 0 <= report["cross_fit"]["dice"] <= report["dice"] and len(report["cross_fit"]["settings"]) == 3
+
+
+def test_cross_fitting_scores_each_image_with_a_setting_chosen_without_it():
+    """Two images that want opposite thresholds: chosen on all, one setting serves both (in-sample 0.5 on
+    average at best); cross-fitted, each image gets the other's setting and scores 0."""
+    from eval import calibrate
+
+    table = np.zeros((2, len(calibrate.THRESHOLDS), len(calibrate.MIN_SIZES)))
+    table[0, 0, 0] = 1.0   # image 0 is perfect only at the lowest threshold
+    table[1, -1, 0] = 1.0  # image 1 only at the highest
+    _, _, in_sample = calibrate.best_setting(table)
+    crossed = calibrate.cross_fit(table, 2)
+    assert in_sample == 0.5 and crossed["dice"] == 0.0
+
+
+def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_tumor_tiny, tumor_root, tmp_path):
+    from diffusion.errors import UserError
+    from eval import calibrate
+
+    with pytest.raises(UserError, match="calib_patients"):
+        calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root", str(tumor_root),
+                        "--out", str(tmp_path / "c.safetensors")])
+
+
+def test_the_calibration_split_never_holds_a_reported_or_trained_patient():
+    from diffusion.data.split import split_cases
+    from diffusion.tasks import Case
+
+    cases = [Case(f"patient_{i:03d}", f"patient_{i:03d}") for i in range(120)]
+    cases += [Case(f"control_{i:03d}", f"control_{i:03d}", extra=True) for i in range(10)]
+    sides = {w: {c.id for c in split_cases(cases, 30, 0, w, calib_patients=20)} for w in ("train", "val", "calib")}
+    assert len(sides["val"]) == 30 and len(sides["calib"]) == 20 and len(sides["train"]) == 70 + 10
+    assert not sides["calib"] & sides["val"] and not sides["calib"] & sides["train"]
+    assert not sides["val"] & sides["train"]
+    assert all(i.startswith("patient") for i in sides["calib"] | sides["val"])
+    assert sides["train"] | sides["val"] | sides["calib"] == {c.id for c in cases}
+    # the validation patients do not move when calibration patients are carved out
+    assert sides["val"] == {c.id for c in split_cases(cases, 30, 0, "val")}
+
+
+def test_component_filter_drops_only_small_components():
+    from diffusion.tasks.tumor import remove_small_components
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:4, 2:4] = 255        # 4 pixels
+    mask[10:20, 10:20] = 255    # 100 pixels
+    mask[30, 30] = 255          # 1 pixel
+    mask[31, 31] = 255          # touches it diagonally: one 2-pixel component (8-connectivity)
+    out = remove_small_components(mask, 5)
+    assert out.dtype == mask.dtype and out[10:20, 10:20].all() and out.sum() == 100 * 255
+    assert np.array_equal(remove_small_components(mask, 2), mask)  # the diagonal pair is one component
+    assert np.array_equal(remove_small_components(mask, 0), mask)
 
 
 def test_ablation_harness_scores_tumor_by_dice(trained_tumor_tiny, tumor_root, tmp_path):
@@ -182,3 +236,21 @@ def test_ablation_harness_scores_tumor_by_dice(trained_tumor_tiny, tumor_root, t
     assert [(r["sampler"], r["nfe"], r["ensemble"]) for r in rows] == [
         ("ddim:1", "1", "1"), ("ddim:1", "1", "3"), ("ddim:2", "2", "1"), ("ddim:2", "2", "3")]
     assert all(0 <= float(r["dice"]) <= 1 and float(r["seconds_per_image"]) > 0 for r in rows)
+
+
+def test_with_calibration_patients_training_watches_them_not_the_reported_patients(tumor_root):
+    """best.safetensors is chosen by in-training validation: with data.calib_patients it runs on the calibration
+    patients, which are neither trained on nor among the validation patients."""
+    from diffusion.config import apply_overrides, load_config
+    from diffusion.data.split import split_cases
+    from diffusion.training import load_training_data
+    from tests.conftest import REPO
+
+    config = apply_overrides(load_config(REPO / "configs" / "tumor_tiny.yaml"), ["data.calib_patients=1"])
+    task = get_task("tumor", config["data"])
+    train_set, root, watched, _, summary = load_training_data(task, config, tumor_root, progress=False)
+    cases = task.list_cases(root, include_extra=True)
+    val = {c.id for c in split_cases(cases, 1, 0, "val", 1)}
+    trained = {c.id for c in split_cases(cases, 1, 0, "train", 1)}
+    assert len(watched) == 1 and not {c.id for c in watched} & (val | trained)
+    assert len(train_set) == len(trained) == 3 and "calib" in summary

@@ -6,23 +6,19 @@ from pathlib import Path
 
 from diffusion.errors import DataError
 
-TASK_FOLDERS = {"ct": "ct-inpainting", "tumor": "tumor-segmentation"}
-TASK_MARKERS = {"ct": "corrupted", "tumor": "patients"}  # a sub-folder that identifies a task folder
 
-
-def _task_folder(task: str, root: Path) -> Path | None:
-    """`root` may be the folder holding both task folders, or the task folder itself."""
-    if (root / TASK_MARKERS[task]).is_dir():
+def _task_folder(root: Path, folder: str, marker: str) -> Path | None:
+    """`root` may be the folder holding the task folders, or the task folder itself (it holds `marker`/)."""
+    if (root / marker).is_dir():
         return root
-    if (root / TASK_FOLDERS[task] / TASK_MARKERS[task]).is_dir():
-        return root / TASK_FOLDERS[task]
+    if (root / folder / marker).is_dir():
+        return root / folder
     return None
 
 
-def resolve_task_root(task: str, data_root: str | Path | None) -> tuple[Path, str]:
-    """Return (task folder, a line saying where it came from). Raises DataError with one clear line."""
-    if task not in TASK_FOLDERS:
-        raise DataError(f"unknown task {task!r}; known: {sorted(TASK_FOLDERS)}")
+def resolve_root(folder: str, marker: str, data_root: str | Path | None) -> tuple[Path, str]:
+    """Return (task folder, a line saying where it came from) for a task whose data lives in `folder`/ (e.g.
+    ct-inpainting) and holds the sub-folder `marker`/. Raises DataError with one clear line."""
     if data_root is not None:
         candidates = [(Path(data_root), "--data-root")]
     else:
@@ -35,11 +31,19 @@ def resolve_task_root(task: str, data_root: str | Path | None) -> tuple[Path, st
             if source in ("--data-root", "$DMIAI_DATA"):
                 raise DataError(f"data root {path} (from {source}) does not exist")
             continue
-        found = _task_folder(task, path)
+        found = _task_folder(path, folder, marker)
         if found is not None:
             return found.resolve(), f"data: {found.resolve()} (from {source})"
         if source in ("--data-root", "$DMIAI_DATA"):
-            raise DataError(f"data root {path} (from {source}) holds no {TASK_FOLDERS[task]}/ folder "
-                            f"and is not one (no {TASK_MARKERS[task]}/ inside)")
+            raise DataError(f"data root {path} (from {source}) holds no {folder}/ folder and is not one "
+                            f"(no {marker}/ inside)")
     tried = ", ".join(str(p) for p, _ in candidates)
-    raise DataError(f"no data root found for task {task!r} (tried {tried}); pass --data-root DIR or set DMIAI_DATA")
+    raise DataError(f"no data root found for {folder} (tried {tried}); pass --data-root DIR or set DMIAI_DATA")
+
+
+def resolve_task_root(task, data_root: str | Path | None) -> tuple[Path, str]:
+    """`resolve_root` for a task (a registered name or a task object)."""
+    from diffusion.tasks import get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    return resolve_root(task.folder, task.marker, data_root)

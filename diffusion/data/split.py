@@ -40,3 +40,20 @@ def validation_subset(patients: list[str], n: int) -> list[int]:
             if rank < len(orders[p]) and len(chosen) < n:
                 chosen.append(orders[p][rank])
     return sorted(chosen)
+
+
+def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_patients: int = 0) -> list:
+    """The one split rule: cases (with `.patient` and `.extra`) on the `which` side ('train' | 'val' | 'calib' |
+    'all'). Patients are split by `split_patients`; `calib_patients` of the training patients are carved out as a
+    calibration split (never trained on, never reported: thresholds and post-processing are chosen there). Extra
+    cases (healthy controls) are never validated or calibrated on: they always train."""
+    if which == "all":
+        return list(cases)
+    if which not in ("train", "val", "calib"):
+        raise ValueError(f"unknown split {which!r}: train, val, calib or all")
+    patients = [c for c in cases if not c.extra]
+    train, val = split_patients([c.patient for c in patients], val_patients, seed)
+    calib = set(sorted(train)[i] for i in np.random.default_rng(seed + 1).permutation(len(train))[:calib_patients])
+    keep = {"train": train - calib, "val": val, "calib": calib}[which]
+    chosen = [c for c in patients if c.patient in keep]
+    return chosen + ([c for c in cases if c.extra] if which == "train" else [])

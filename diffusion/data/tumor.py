@@ -94,8 +94,12 @@ class TumorCases:
 
 
 def load_tumor_cases(root: Path, include_controls: bool = False, need_truth: bool = False,
-                     progress: bool = True) -> TumorCases:
+                     progress: bool = True, ids: list[str] | None = None) -> TumorCases:
+    """Read and validate the cases (only those in `ids`, when given)."""
     cases = list_tumor_cases(root, include_controls)
+    if ids is not None:
+        wanted = set(ids)
+        cases = [c for c in cases if c[0] in wanted]
     has_truth = all(c[2] is not None or c[3] for c in cases)
     if need_truth and not has_truth:
         raise DataError(f"{Path(root) / 'patients' / 'labels'}: folder is missing (training needs the labels)")

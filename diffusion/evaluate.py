@@ -1,0 +1,119 @@
+"""Predicting and scoring a list of cases: the one loop behind infer.py, in-training validation and eval.ablate,
+and the scoring of a folder of predictions (eval.score), with the same per-case values and summary."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusion.data.split import split_cases, validation_subset
+from diffusion.errors import UserError
+from diffusion.figures import plot_cases, plot_reliability
+from diffusion.inference import Predictor, case_seed
+from diffusion.metrics import timing_summary
+from diffusion.tasks import Case, Task
+from samplers import SamplerSpec
+
+OVERVIEW_CASES = 4
+
+
+def select_cases(task: Task, root: Path, split_config: dict | None, split: str = "all", limit: int | None = None,
+                 include_extra: bool = False) -> list[Case]:
+    """The cases of a data root on one side of a checkpoint's patient-level split (`split_config`: its `data`
+    section). With `split="val"` and a limit, the cases are spread over as many patients as possible."""
+    cases = task.list_cases(root, include_extra)
+    if split != "all":
+        cases = split_cases(cases, split_config["val_patients"], split_config["split_seed"], split,
+                            split_config.get("calib_patients", 0))
+    if limit and split == "val":
+        cases = [cases[i] for i in validation_subset([c.patient for c in cases], limit)]
+    return cases[:limit] if limit else cases
+
+
+def summarize(task: Task, records: list[dict]) -> dict:
+    """The task's metric averaged per case over the patients (extra cases, e.g. healthy controls, only when there
+    is nothing else)."""
+    scored = [r for r in records if not r.get("extra")] or records
+    return {task.metric: float(np.mean([r[task.metric] for r in scored]))} if scored else {}
+
+
+def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
+              seed: int = 0, out: Path | None = None, overview: Path | None = None, progress: bool = True) -> dict:
+    """Predict every case (one at a time, each with its own seed: memory does not grow with the data, and a case's
+    answer does not depend on the others), write the predictions in the competition's format under `out`, score
+    them when the data has the truth, and draw the first few cases to `overview` (default out/overview.png).
+    Returns the metrics (also written to out/metrics.json)."""
+    has_truth = task.has_truth(root, cases)
+    records, seconds, rows, titles = [], [], [], []
+    totals: dict[str, list[float]] = {}
+    for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
+        start = time.perf_counter()  # the time a served request would take: reading the PNGs included
+        example = task.read_case(root, case, has_truth)
+        prediction = predictor.predict_one(example.inputs, spec=spec, ensemble=ensemble, seed=case_seed(case.id, seed))
+        image = task.output_image(prediction)
+        seconds.append(time.perf_counter() - start)
+        if out is not None:
+            task.write_prediction(out, case, image)
+        record = {"id": case.id, "seconds": seconds[-1]}
+        if task.extra_name:
+            record[task.extra_name] = case.extra
+        if has_truth:
+            record.update(task.score(image, example.truth))
+            for key, (num, den) in (task.uncertainty_stats(example, prediction, image) or {}).items():
+                totals.setdefault(key, [0, 0])
+                totals[key][0] += num
+                totals[key][1] += den
+        records.append(record)
+        if len(rows) < OVERVIEW_CASES:
+            rows.append(task.overview_row(example, prediction, image, record))
+            titles.append(case.id + (f" {task.metric.upper()} {record[task.metric]:.2f}" if has_truth else ""))
+    metrics = {"task": task.name, "n": len(records), "checkpoint": predictor.checkpoint, "sampler": str(spec),
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": predictor.flip_members,
+               **({"threshold": predictor.threshold} if hasattr(predictor, "threshold") else {}),
+               "seconds_per_image": timing_summary(seconds)}
+    if has_truth:
+        metrics.update(summarize(task, [{**r, "extra": r.get(task.extra_name, False)} for r in records]))
+        if totals:
+            metrics["uncertainty"] = task.uncertainty_summary(totals)
+    metrics["cases"] = records
+    overview = overview or (out / "overview.png" if out is not None else None)
+    if overview is not None and rows:
+        plot_cases(overview, list(task.overview_columns), rows, titles, list(task.overview_cmaps))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if "reliability" in metrics.get("uncertainty", {}):
+            plot_reliability(metrics["uncertainty"]["reliability"], Path(out) / "uncertainty.png",
+                             f"{task.name}: {len(records)} cases, {spec} E={ensemble}")
+    return metrics
+
+
+def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> dict:
+    """Score predictions already on disk (from infer.py or any other method) in the competition's layout against
+    the truth of `root`: the per-case values and the summary that `run_cases` gives for the same images."""
+    records = []
+    for case in tqdm(cases, desc=f"scoring {task.name}", leave=False):
+        truth = task.read_case(root, case, with_truth=True).truth
+        record = {"id": case.id, **({task.extra_name: case.extra} if task.extra_name else {})}
+        record.update(task.score(task.read_prediction(pred_dir, case), truth))
+        records.append(record)
+    summary = summarize(task, [{**r, "extra": r.get(task.extra_name, False)} for r in records])
+    return {"task": task.name, "n": len(records), "predictions": str(pred_dir), **summary, "cases": records}
+
+
+def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, split: str = "all",
+             limit: int | None = None, include_extra: bool = False, seed: int = 0, out: Path | None = None,
+             progress: bool = True) -> dict:
+    """The cases of a data root that (split, limit, extra cases) select, predicted and scored: shared by infer.py
+    and eval.ablate. `split` refers to the checkpoint's own patient-level split."""
+    task = predictor.task
+    root, where = task.resolve_root(data_root)
+    cases = select_cases(task, root, predictor.config["data"], split, limit, include_extra)
+    if not cases:
+        raise UserError(f"{root}: no {task.name} cases on the '{split}' side of {predictor.checkpoint}'s split"
+                        + (" (it was trained without calibration patients)" if split == "calib" else ""))
+    metrics = run_cases(task, predictor, root, cases, spec, ensemble, seed=seed, out=out, progress=progress)
+    return {**metrics, "split": split, "data": where}
