@@ -39,14 +39,9 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import (
-    latest_full_state,
-    load_slim,
-    save_full_state,
-    save_slim,
-)
+from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
 from diffusion.config import apply_overrides, dump_config, load_config
-from diffusion.distill import DistillationLoss, load_teacher, plan_round
+from diffusion.distill import DistillationLoss, EnsembleDistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
 from diffusion.figures import plot_curves
 from diffusion.inference import build_denoiser
@@ -174,7 +169,10 @@ def make_loss(config: dict, task, denoiser, teacher, device) -> torch.nn.Module:
     teacher.to(device)
     if config["train"]["channels_last"]:
         teacher.net.to(memory_format=torch.channels_last)
-    return DistillationLoss(denoiser, teacher, config["distill"]["student_steps"], task.known)
+    dc = config["distill"]
+    if dc["mode"] == "ensemble":
+        return EnsembleDistillationLoss(denoiser, teacher, dc["teacher_ensemble"], dc["teacher_flip"], task.known)
+    return DistillationLoss(denoiser, teacher, dc["student_steps"], task.known)
 
 
 def main(argv=None) -> int:

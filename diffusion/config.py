@@ -41,10 +41,14 @@ DEFAULTS: dict = {
         "class_dropout": 0.1,
         "objective": "diffusion",    # or "regress": the deterministic regressor baseline (same net, L1, no noise)
     },
-    "distill": {                     # progressive distillation (Salimans & Ho 2022): set teacher to distill
+    "distill": {                     # set teacher to distill
+        "mode": "progressive",       # progressive (Salimans & Ho 2022: half the steps a round) or ensemble (1 step
+                                     # trained towards the teacher's default ensemble median, computed on the fly)
         "teacher": None,             # slim checkpoint of the teacher (a trained model or an earlier student)
         "teacher_steps": 8,          # DDIM steps of a non-distilled teacher; a student teacher brings its own
-        "student_steps": 0,          # set by the training run: half the teacher's steps
+        "student_steps": 0,          # set by the training run: half the teacher's steps (ensemble mode: 1)
+        "teacher_ensemble": 1,       # ensemble mode: set by the run from the teacher's sample settings
+        "teacher_flip": False,
     },
     "train": {
         "batch_size": 16,

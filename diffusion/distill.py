@@ -20,8 +20,22 @@ from samplers.schedules import spaced_timesteps
 
 
 def plan_round(config: dict, teacher_config: dict) -> dict:
-    """The student's resolved config: the teacher's network and schedule, half its steps, the distilled sampler."""
+    """The student's resolved config: the teacher's network and schedule, half its steps, the distilled sampler.
+    `distill.mode: ensemble`: one step, trained towards the teacher's default ensemble (see EnsembleDistillationLoss)."""
     dc = config["distill"]
+    if dc["mode"] == "ensemble":
+        if teacher_config.get("diffusion", {}).get("objective", "diffusion") != "diffusion":
+            raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
+        sample = teacher_config.get("sample", {})
+        student = dict(config)
+        student["model"] = teacher_config["model"]
+        student["diffusion"] = dict(teacher_config["diffusion"])
+        student["distill"] = {**dc, "teacher_steps": int(sample.get("steps", 1)), "student_steps": 1,
+                              "teacher_ensemble": int(sample.get("ensemble", 1)), "teacher_flip": bool(sample.get("flip"))}
+        student["sample"] = {**config["sample"], "sampler": "distilled", "steps": 1, "ensemble": 1, "flip": False}
+        return student
+    if dc["mode"] != "progressive":
+        raise UserError(f"distill.mode {dc['mode']!r}: progressive or ensemble")
     teacher_steps = int(teacher_config.get("distill", {}).get("student_steps") or dc["teacher_steps"])
     if teacher_steps < 2 or teacher_steps % 2:
         raise UserError(f"distill.teacher {dc['teacher']}: the teacher samples in {teacher_steps} steps; "
@@ -95,5 +109,57 @@ class DistillationLoss(nn.Module):
         x_t = self.denoiser.add_noise(target, torch.randn_like(target), t)
         known = self.known_fn(target, cond) if self.known_fn is not None else None
         x0_target = self.teacher_target(x_t, t, t_mid, t_next, cond, class_labels, known).clamp(-1, 1)
+        out = self.denoiser.raw(x_t, t, cond, class_labels)
+        return self.denoiser.weighted_loss(out, self.denoiser.prediction_target(x_t, t, x0_target), weight)
+
+
+class EnsembleDistillationLoss(nn.Module):
+    """Ensemble distillation: a one-evaluation student learns what the teacher's default setting gives, the
+    per-pixel median of its `ensemble` one-step DDIM members (odd members see the mirrored input when `flip`),
+    computed on the fly for every training crop. The student samples as DDIM-1 does (noise at t = T-1, known pixels
+    replaced), so `distilled:1` runs it at the cost of one member; its target is the MAE-optimal ensemble answer
+    instead of one sample. forward(target, cond, class_labels, weight) -> per-sample loss."""
+
+    def __init__(self, student, teacher, ensemble: int, flip: bool, known_fn=None):
+        super().__init__()
+        self.denoiser = student
+        self.teacher = teacher
+        self.ensemble, self.flip = ensemble, flip
+        self.known_fn = known_fn  # (target, cond) -> {"x0", "mask"} or None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def start(self, shape, t: torch.Tensor, known: dict | None, like: torch.Tensor) -> torch.Tensor:
+        """x at t = T-1: noise, with the known pixels replaced by their noised truth (as the samplers do)."""
+        x = torch.randn(shape, device=like.device, dtype=like.dtype)
+        if known is None:
+            return x
+        a, s = self.denoiser.alpha_sigma(t)
+        return torch.where(known["mask"] > 0, a * known["x0"] + s * torch.randn_like(x), x)
+
+    @torch.no_grad()
+    def ensemble_target(self, cond, class_labels, known) -> torch.Tensor:
+        """The teacher's ensemble median in x0 space, (N, C, H, W)."""
+        n, members = cond.shape[0], []
+        t = torch.full((n,), self.teacher.num_train_timesteps - 1, device=cond.device, dtype=torch.long)
+        for e in range(self.ensemble):
+            mirrored = self.flip and e % 2 == 1
+            c = cond.flip(-1) if mirrored else cond
+            k = None if known is None else {key: v.flip(-1) if mirrored else v for key, v in known.items()}
+            x = self.start((n, self.denoiser.net.config.out_channels, *cond.shape[-2:]), t, k, cond)
+            x0, _ = self.teacher(x, t, c, class_labels)
+            members.append(x0.flip(-1) if mirrored else x0)
+        stacked = torch.stack(members)
+        return stacked.quantile(0.5, dim=0) if self.ensemble > 1 else stacked[0]
+
+    def forward(self, target, cond, class_labels, weight):
+        known = self.known_fn(target, cond) if self.known_fn is not None else None
+        x0_target = self.ensemble_target(cond, class_labels, known)
+        t = torch.full((target.shape[0],), self.denoiser.num_train_timesteps - 1, device=target.device,
+                       dtype=torch.long)
+        x_t = self.start(target.shape, t, known, target)
         out = self.denoiser.raw(x_t, t, cond, class_labels)
         return self.denoiser.weighted_loss(out, self.denoiser.prediction_target(x_t, t, x0_target), weight)

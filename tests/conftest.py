@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion.data.images import encode_png
-from diffusion.data.synthetic import (  # noqa: F401
-    make_ct_slice,
-    make_pet_case,
-    write_ct_layout,
-    write_tumor_layout,
-)
+from diffusion.data.synthetic import make_ct_slice, make_pet_case, write_ct_layout, write_tumor_layout  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
