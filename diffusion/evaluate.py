@@ -36,7 +36,7 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
 def summarize(task: Task, records: list[dict]) -> dict:
     """The task's metric averaged per case over the patients (extra cases, e.g. healthy controls, only when there
     is nothing else)."""
-    scored = [r for r in records if not r.get("extra")] or records
+    scored = [r for r in records if not (task.extra_name and r.get(task.extra_name))] or records
     return {task.metric: float(np.mean([r[task.metric] for r in scored]))} if scored else {}
 
 
@@ -75,7 +75,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
                **({"threshold": predictor.threshold} if hasattr(predictor, "threshold") else {}),
                "seconds_per_image": timing_summary(seconds)}
     if has_truth:
-        metrics.update(summarize(task, [{**r, "extra": r.get(task.extra_name, False)} for r in records]))
+        metrics.update(summarize(task, records))
         if totals:
             metrics["uncertainty"] = task.uncertainty_summary(totals)
     metrics["cases"] = records
@@ -100,7 +100,7 @@ def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> d
         record = {"id": case.id, **({task.extra_name: case.extra} if task.extra_name else {})}
         record.update(task.score(task.read_prediction(pred_dir, case), truth))
         records.append(record)
-    summary = summarize(task, [{**r, "extra": r.get(task.extra_name, False)} for r in records])
+    summary = summarize(task, records)
     return {"task": task.name, "n": len(records), "predictions": str(pred_dir), **summary, "cases": records}
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusion.data.images import read_png, write_png
 from diffusion.inference import Prediction, Predictor
 from diffusion.metrics import image_mae
-from diffusion.tasks import TASKS, Case, Example, Task, register
+from diffusion.tasks import TASKS, Case, Example, Task, get_task, register
 from samplers.ensemble import reduce_ensemble
 from tests.conftest import REPO
 
@@ -179,7 +179,7 @@ def test_eval_score_reproduces_infer_exactly(trained_tiny, trained_tumor_tiny, t
                            "--out", str(tmp_path / f"score_{task}")]) == 0
         summary = json.loads((tmp_path / f"score_{task}" / "summary.json").read_text())
         cases = json.loads((tmp_path / f"score_{task}" / "cases.json").read_text())
-        metric = inferred["task"] == "ct" and "mae" or "dice"
+        metric = get_task(task).metric
         assert summary[metric] == inferred[metric] and summary["n"] == inferred["n"] == 3
         assert [c[metric] for c in cases] == [c[metric] for c in inferred["cases"]]
 
