@@ -6,14 +6,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion.data.split import split_cases, validation_subset
 from diffusion.errors import UserError
 from diffusion.figures import plot_cases, plot_reliability
 from diffusion.inference import Predictor, case_seed
-from diffusion.metrics import timing_summary
+from diffusion.metrics import patient_mean_se, timing_summary
 from diffusion.tasks import Case, Task
 from samplers import SamplerSpec
 
@@ -33,11 +32,19 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     return cases[:limit] if limit else cases
 
 
+def scored_records(task: Task, records: list[dict]) -> list[dict]:
+    """The records the task's metric averages: extra cases (healthy controls) only when there is nothing else."""
+    return [r for r in records if not (task.extra_name and r.get(task.extra_name))] or records
+
+
 def summarize(task: Task, records: list[dict]) -> dict:
-    """The task's metric averaged per case over the patients (extra cases, e.g. healthy controls, only when there
-    is nothing else)."""
-    scored = [r for r in records if not (task.extra_name and r.get(task.extra_name))] or records
-    return {task.metric: float(np.mean([r[task.metric] for r in scored]))} if scored else {}
+    """The task's metric averaged per case (extra cases, e.g. healthy controls, only when there is nothing else),
+    with its standard error over patients (`<metric>_se`, the patient as the unit)."""
+    scored = scored_records(task, records)
+    if not scored:
+        return {}
+    mean, se = patient_mean_se([r[task.metric] for r in scored], [r.get("patient", r["id"]) for r in scored])
+    return {task.metric: mean, f"{task.metric}_se": se}
 
 
 def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
@@ -57,7 +64,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
         seconds.append(time.perf_counter() - start)
         if out is not None:
             task.write_prediction(out, case, image)
-        record = {"id": case.id, "seconds": seconds[-1]}
+        record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
         if task.extra_name:
             record[task.extra_name] = case.extra
         if has_truth:
@@ -97,7 +104,7 @@ def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> d
     records = []
     for case in tqdm(cases, desc=f"scoring {task.name}", leave=False):
         truth = task.read_case(root, case, with_truth=True).truth
-        record = {"id": case.id, **({task.extra_name: case.extra} if task.extra_name else {})}
+        record = {"id": case.id, "patient": case.patient, **({task.extra_name: case.extra} if task.extra_name else {})}
         record.update(task.score(task.read_prediction(pred_dir, case), truth))
         records.append(record)
     summary = summarize(task, records)

@@ -4,6 +4,7 @@ subclass `Predictor` in their task modules."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from einops import repeat
 
 from diffusion.checkpoint import load_slim
+from diffusion.config import DEFAULTS
 from diffusion.denoiser import Denoiser
 from diffusion.errors import UserError
 from diffusion.network import build_unet
@@ -89,6 +91,17 @@ class Predictor:
         denoiser = build_denoiser(config)
         denoiser.net.load_state_dict(state)
         return cls(denoiser, config, device=device, bf16=bf16, checkpoint=str(path))
+
+    def with_sample(self, **settings) -> Predictor:
+        """The same network with other inference settings (any key of the config's `sample` section: sampler,
+        steps, jumps, ensemble, flip, threshold, min_component), without reloading it: for side-by-side runs."""
+        unknown = sorted(set(settings) - set(DEFAULTS["sample"]))
+        if unknown:
+            raise UserError(f"unknown sample setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS['sample'])}")
+        other = copy.copy(self)
+        other.config = {**self.config, "sample": {**self.config.get("sample", {}), **settings}}
+        other.flip_members = bool(other.config["sample"].get("flip", False))
+        return other
 
     def default_spec(self) -> tuple[SamplerSpec, int]:
         s = self.config.get("sample", {})

@@ -1,4 +1,4 @@
-"""Metrics: per-image MAE (the competition's CT score) and timing summaries."""
+"""Metrics: per-image MAE (the competition's CT score), Dice, timing summaries and standard errors over patients."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +14,10 @@ def image_mae(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def timing_summary(seconds: list[float]) -> dict[str, float]:
     if not seconds:
-        return {"mean": 0.0, "p95": 0.0, "max": 0.0}
+        return {"mean": 0.0, "median": 0.0, "p95": 0.0, "max": 0.0}
     arr = np.asarray(seconds)
-    return {"mean": float(arr.mean()), "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}
+    return {"mean": float(arr.mean()), "median": float(np.median(arr)), "p95": float(np.percentile(arr, 95)),
+            "max": float(arr.max())}
 
 
 def tp_fp_fn(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
@@ -29,3 +30,22 @@ def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice = 2TP / (2TP + FP + FN), the competition's per-image score; 1.0 when both masks are empty."""
     tp, fp, fn = tp_fp_fn(prediction, truth)
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def patient_mean_se(values, patients) -> tuple[float, float]:
+    """The mean over cases and its standard error with the patient as the unit: cases of one patient are not
+    independent (neighbouring CT slices), so the error is the cluster-robust one over patients,
+    sqrt(P / (P - 1) * sum_p (S_p - n_p * mean)^2) / N with S_p the sum of patient p's n_p values; with one case per
+    patient it is the usual std / sqrt(N). NaN when fewer than two patients."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    mean = float(values.mean())
+    groups: dict = {}
+    for value, patient in zip(values, patients):
+        groups.setdefault(patient, []).append(value - mean)
+    p = len(groups)
+    if p < 2:
+        return mean, float("nan")
+    residual = np.array([np.sum(g) for g in groups.values()])
+    return mean, float(np.sqrt(p / (p - 1) * np.square(residual).sum()) / values.size)

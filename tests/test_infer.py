@@ -25,7 +25,7 @@ def test_infer_writes_predictions_overview_and_metrics(trained_tiny, tmp_path):
                        "--sampler", "ddim", "--steps", "2", "--ensemble", "2", "--seed", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "ct" and metrics["n"] == 3 and metrics["ensemble"] == 2 and metrics["steps"] == 2
-    assert set(metrics["seconds_per_image"]) == {"mean", "p95", "max"}
+    assert set(metrics["seconds_per_image"]) == {"mean", "median", "p95", "max"}
     assert len(metrics["cases"]) == 3 and metrics["mae"] == pytest.approx(np.mean([c["mae"] for c in metrics["cases"]]))
     assert (out / "overview.png").is_file()
     slices = load_ct_slices(tmp_path / "data" / "ct-inpainting", progress=False)

@@ -237,7 +237,7 @@ def test_console_entry_points_run_the_scripts():
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) >= {"dmiai-train", "dmiai-infer", "dmiai-serve", "dmiai-ablate", "dmiai-score"}
+    assert set(scripts) >= {"dmiai-train", "dmiai-infer", "dmiai-serve", "dmiai-ablate", "dmiai-score", "dmiai-compare"}
     import importlib
 
     for target in scripts.values():

@@ -18,6 +18,7 @@ from diffusion.errors import DataError
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
 from diffusion.tasks.tumor import TumorSegmenter
+from tests.conftest import REPO
 
 
 def test_loads_patients_and_controls(tumor_root):
@@ -254,3 +255,18 @@ def test_with_calibration_patients_training_watches_them_not_the_reported_patien
     trained = {c.id for c in split_cases(cases, 1, 0, "train", 1)}
     assert len(watched) == 1 and not {c.id for c in watched} & (val | trained)
     assert len(train_set) == len(trained) == 3 and "calib" in summary
+
+
+def test_every_config_loads_and_the_warm_start_recipes_fit_their_source():
+    """Every shipped config passes the key check; a config documented as `--init` from another run has the same
+    model section as that run's config (else --init is refused) and keeps its split and calibration patients."""
+    from diffusion.config import load_config
+
+    configs = {p.name: load_config(p) for p in sorted((REPO / "configs").glob("*.yaml"))}
+    assert len(configs) >= 10
+    segmenter, warm = configs["tumor_segmenter_cpu.yaml"], configs["tumor_diffusion_warm_cpu.yaml"]
+    assert warm["model"] == segmenter["model"]
+    assert {k: warm["data"][k] for k in ("val_patients", "split_seed", "calib_patients")} == \
+        {k: segmenter["data"][k] for k in ("val_patients", "split_seed", "calib_patients")}
+    assert (segmenter["diffusion"]["objective"], warm["diffusion"]["objective"]) == ("regress", "diffusion")
+    assert warm["diffusion"]["loss"] == "bce_dice" and warm["sample"]["sampler"] == "ddim"
