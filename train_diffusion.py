@@ -3,6 +3,8 @@
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_cpu --resume latest
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_more --init checkpoints/ct_inpaint.safetensors
+    python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_b --init runs/ct_a/last.safetensors \
+        --continue-schedule      # the same run on another machine, from its slim weights and saved step
     accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
     accelerate launch --multi_gpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
     dmiai-train --config configs/ct_cpu.yaml --out runs/ct_cpu      # the same, as the installed console command
@@ -29,6 +31,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None,
                    help="start from the weights of a slim .safetensors checkpoint (e.g. a released one) with a "
                         "fresh optimiser: continues training across machines where only slim weights travel")
+    p.add_argument("--continue-schedule", action="store_true",
+                   help="with --init: go on with the run the slim checkpoint came from, at its step (saved in it): "
+                        "the same learning-rate schedule, data order and random draws; only the optimiser's moments "
+                        "start fresh (a run that spans machines when only slim weights travel)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop this run at optimiser step N (with a checkpoint; the schedule stays train.max_steps, "
                         "and --resume latest goes on from there)")
@@ -95,7 +102,22 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set diffusion.prediction_type=epsilon (repeatable)")
     p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, ./data, ../shared/data)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.continue_schedule and not args.init:
+        raise UserError("--continue-schedule needs --init (the slim checkpoint to go on from)")
+    return args
+
+
+def continued_step(path: str, max_steps: int) -> int:
+    """The optimiser step a slim checkpoint was saved at (--continue-schedule)."""
+    _, _, extra = load_slim(path)
+    step = extra.get("step")
+    if not isinstance(step, int):
+        raise UserError(f"--continue-schedule: {path} does not record the step it was saved at")
+    if not 0 < step < max_steps:
+        raise UserError(f"--continue-schedule: {path} was saved at step {step}, not inside this run's "
+                        f"train.max_steps {max_steps}")
+    return step
 
 
 def per_process_batch(tc: dict, num_processes: int) -> int:
@@ -214,12 +236,24 @@ def main(argv=None) -> int:
                                                                  tc["grad_accum"])
         if main_proc:
             print(f"resumed from {state['path']} at step {step}")
+    elif args.continue_schedule:
+        step = continued_step(args.init, tc["max_steps"])
+        micro = step * tc["grad_accum"]
+        with warnings.catch_warnings():  # stepping the schedule before any optimiser step is what is meant here
+            warnings.simplefilter("ignore")
+            for _ in range(step):
+                lr_scheduler.step()
+        ema.optimization_step = step  # the EMA decay goes on where it was (its warm-up is over)
+        if main_proc:
+            print(f"continuing from {args.init} at step {step} (fresh optimiser moments)")
     ema.to(accelerator.device)
 
     if tc["compile"]:
         denoiser.net.compile()  # in place: parameter names and checkpoints stay as they are
     loss_module = make_loss(config, task, denoiser, teacher, accelerator.device)
     loss_module, optimizer, loader = accelerator.prepare(loss_module, optimizer, loader)
+    if args.continue_schedule and not args.resume:  # where in the data the run was: every epoch has len(loader)
+        epoch, batch_in_epoch = divmod(micro, len(loader))
 
     if main_proc:
         run.mkdir(parents=True, exist_ok=True)
