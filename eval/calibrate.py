@@ -1,16 +1,20 @@
-"""Choose the tumor threshold and the minimum component size on calibration patients, and store them with the
-checkpoint. Never on the patients whose score is reported.
+"""Choose the tumor threshold, the minimum component size and (given several) the checkpoint on calibration
+patients, and store them with the checkpoint. Never on the patients whose score is reported.
 
     python -m eval.calibrate --checkpoint runs/tumor/best.safetensors --out runs/tumor/calibrated.safetensors
         # --split calib (default): the checkpoint's calibration patients (data.calib_patients, never trained on)
+    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors runs/tumor/last.safetensors --cross-fit 5 \
+        --out runs/tumor/calibrated.safetensors
+        # several checkpoints of one run: the checkpoint is one more setting chosen on the calibration patients
     python -m eval.calibrate --checkpoint checkpoints/tumor_seg.safetensors --split val --cross-fit 5 --out X
         # a model trained without calibration patients: an honest estimate by cross-fitting
 
-Samples every image of the split once (the checkpoint's sampler and ensemble), sweeps threshold x minimum component
-size over the ensemble's mean probability, and writes a copy of the checkpoint with the `sample.threshold` and
-`sample.min_component` that maximise the mean per-image Dice there. With `--cross-fit K` the patients are dealt
-into K folds and each fold is scored with the setting chosen on the other K-1: that mean, with its standard error
-over patients, is a score no patient's own truth selected. The report is `<out>.threshold.json`.
+Samples every image of the split once per checkpoint (its sampler and ensemble, the same seeds), sweeps checkpoint x
+threshold x minimum component size over the ensemble's mean probability, and writes a copy of the best checkpoint
+with the `sample.threshold` and `sample.min_component` that maximise the mean per-image Dice there. With
+`--cross-fit K` the patients are dealt into K folds and each fold is scored with the setting (checkpoint included)
+chosen on the other K-1: that mean, with its standard error over patients, is a score no patient's own truth
+selected. The report is `<out>.threshold.json`.
 """
 from __future__ import annotations
 
@@ -54,30 +58,43 @@ def sweep(probabilities: list[np.ndarray], labels: list[np.ndarray], thresholds=
 def best_setting(table: np.ndarray, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> tuple[float, int, float]:
     """(threshold, minimum size, mean Dice) of the best cell of a (images, thresholds, sizes) table; ties go to the
     first threshold and the smallest size."""
+    (j, k), dice = best_cell(table)
+    return float(thresholds[j]), int(min_sizes[k]), dice
+
+
+def best_cell(table: np.ndarray) -> tuple[tuple[int, ...], float]:
+    """Index over the setting axes (all but the first, images) of the best mean, and that mean; ties go to the
+    first index in C order."""
     mean = table.mean(0)
-    j, k = np.unravel_index(int(np.argmax(mean)), mean.shape)
-    return float(thresholds[j]), int(min_sizes[k]), float(mean[j, k])
+    index = np.unravel_index(int(np.argmax(mean)), mean.shape)
+    return tuple(int(i) for i in index), float(mean[index])
+
+
+def describe(index: tuple[int, ...], thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
+    """A cell of a (images, [checkpoints,] thresholds, sizes) table as a setting."""
+    *c, j, k = index
+    return {**({"checkpoint": c[0]} if c else {}), "threshold": float(thresholds[j]), "min_component": int(min_sizes[k])}
 
 
 def cross_fit(table: np.ndarray, folds: int, seed: int = 0, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
-    """Each image scored with the setting chosen on the folds it is not in."""
+    """Each image scored with the setting chosen on the folds it is not in. `table`: (images, thresholds, sizes)
+    or (images, checkpoints, thresholds, sizes), in which case the checkpoint is chosen inside each fold too."""
     n = table.shape[0]
     if not 2 <= folds <= n:
         raise UserError(f"--cross-fit {folds}: needs 2..{n} folds for {n} images")
     fold = np.random.default_rng(seed).permutation(n) % folds
     scores, settings = np.zeros(n), []
     for f in range(folds):
-        t, m, _ = best_setting(table[fold != f], thresholds, min_sizes)
-        j, k = list(thresholds).index(t), list(min_sizes).index(m)
-        scores[fold == f] = table[fold == f, j, k]
-        settings.append({"threshold": t, "min_component": m})
+        index, _ = best_cell(table[fold != f])
+        scores[fold == f] = table[(fold == f, *index)]
+        settings.append(describe(index, thresholds, min_sizes))
     return {"folds": folds, "dice": float(scores.mean()), "se": float(scores.std(ddof=1) / np.sqrt(n)),
             "settings": settings}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, nargs="+", help="one, or several of one run to choose from")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="calib", choices=["all", "train", "val", "calib"])
     p.add_argument("--cross-fit", type=int, default=0, metavar="K", help="also the K-fold cross-fitted Dice")
@@ -85,35 +102,43 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", required=True, help="where to write the calibrated slim checkpoint")
     args = p.parse_args(argv)
+    from eval.compare import common_cases
+
     task = get_task("tumor")
-    segmenter = load_predictor(task.name, args.checkpoint)
-    data_config = segmenter.config["data"]
-    if args.split == "calib" and not data_config.get("calib_patients"):
-        raise UserError(f"{args.checkpoint}: trained without calibration patients (data.calib_patients 0): train "
-                        f"with --set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
+    segmenters = [load_predictor(task.name, path) for path in args.checkpoint]
+    for path, segmenter in zip(args.checkpoint, segmenters):
+        if args.split == "calib" and not segmenter.config["data"].get("calib_patients"):
+            raise UserError(f"{path}: trained without calibration patients (data.calib_patients 0): train with "
+                            f"--set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
     root, _ = task.resolve_root(args.data_root)
-    cases = select_cases(task, root, data_config, args.split)
-    cases = cases[: args.limit] if args.limit else cases
-    probabilities, labels = [], []
-    for case in tqdm(cases, desc=f"sampling {args.split} images"):
-        example = task.read_case(root, case, with_truth=True)
-        prediction = segmenter.predict_one(example.inputs, ensemble=args.ensemble, seed=case_seed(case.id))
-        probabilities.append(prediction.probability)
-        labels.append(example.truth)
-    table = dice_table(probabilities, labels)
-    threshold, min_size, dice = best_setting(table)
-    state, config, extra = load_slim(args.checkpoint, expected_task="tumor")
-    config["sample"]["threshold"], config["sample"]["min_component"] = threshold, min_size
+    cases = common_cases(task, root, segmenters, args.checkpoint, args.split, args.limit, False)
+    examples = [task.read_case(root, case, with_truth=True) for case in cases]
+    tables = []
+    for path, segmenter in zip(args.checkpoint, segmenters):
+        probabilities = [segmenter.predict_one(example.inputs, ensemble=args.ensemble,
+                                               seed=case_seed(case.id)).probability
+                         for case, example in tqdm(list(zip(cases, examples)), desc=f"sampling {args.split}: {path}")]
+        tables.append(dice_table(probabilities, [example.truth for example in examples]))
+    table = np.stack(tables, 1)  # (images, checkpoints, thresholds, sizes)
+    index, dice = best_cell(table)
+    chosen = describe(index)
+    source = args.checkpoint[chosen["checkpoint"]]
+    state, config, extra = load_slim(source, expected_task="tumor")
+    config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
     if args.ensemble:
         config["sample"]["ensemble"] = args.ensemble
     save_slim(Path(args.out), state, config, {**extra, "threshold_dice": dice, "threshold_images": len(cases),
-                                              "threshold_split": args.split})
-    report = {"threshold": threshold, "min_component": min_size, "dice": dice, "split": args.split,
-              "images": len(cases), "ids": [c.id for c in cases],
-              "untuned_dice": float(table[:, list(THRESHOLDS).index(0.5), 0].mean())}
+                                              "threshold_split": args.split, "calibrated_from": str(source)})
+    untuned = (list(THRESHOLDS).index(0.5), 0)
+    report = {"checkpoint": str(source), "threshold": chosen["threshold"], "min_component": chosen["min_component"],
+              "dice": dice, "split": args.split, "images": len(cases), "ids": [c.id for c in cases],
+              "untuned_dice": float(table[(slice(None), index[0], *untuned)].mean()),
+              "per_checkpoint": {path: {**describe(best_cell(table[:, c])[0]), "dice": best_cell(table[:, c])[1],
+                                        "untuned_dice": float(table[(slice(None), c, *untuned)].mean())}
+                                 for c, path in enumerate(args.checkpoint)}}
     if args.cross_fit:
-        report["cross_fit"] = cross_fit(table, args.cross_fit)
-    report["sweep"] = {f"{t}/{m}": float(table[:, j, k].mean()) for j, t in enumerate(THRESHOLDS)
+        report["cross_fit"] = cross_fit(table if len(args.checkpoint) > 1 else table[:, 0], args.cross_fit)
+    report["sweep"] = {f"{t}/{m}": float(table[:, index[0], j, k].mean()) for j, t in enumerate(THRESHOLDS)
                        for k, m in enumerate(MIN_SIZES)}
     Path(str(args.out) + ".threshold.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "ids")}, indent=1))
