@@ -14,6 +14,7 @@ from pathlib import Path
 from diffusion.checkpoint import load_slim, save_slim
 from diffusion.config import DEFAULTS, apply_overrides, deep_update
 from diffusion.errors import UserError, run_cli
+from diffusion.inference import load_predictor
 
 
 def main(argv=None) -> int:
@@ -27,6 +28,12 @@ def main(argv=None) -> int:
     state, config, extra = load_slim(args.checkpoint)
     config = apply_overrides(deep_update(DEFAULTS, config), args.set)  # keys added since it was trained get defaults
     save_slim(Path(args.out), state, config, {**extra, "released_from": str(args.checkpoint)})
+    try:  # the default setting must be one this model can run (e.g. a regressor only as regressor:1)
+        predictor = load_predictor(config["task"], args.out)
+        predictor.check_spec(predictor.default_spec()[0])
+    except UserError:
+        Path(args.out).unlink()
+        raise
     size_mb = Path(args.out).stat().st_size / 1e6
     print(json.dumps({"out": args.out, "size_mb": round(size_mb, 2), "sample": config["sample"]}))
     if size_mb > 25:

@@ -1,0 +1,59 @@
+"""The released checkpoints (`checkpoints/*.safetensors`, not `checkpoints/wip/`): each is what a user gets by
+default, so each must load for its task, carry a default sample setting its model can run, come with a model card,
+stay under the size limit, and predict in the competition's format on generated data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusion.checkpoint import load_slim
+from diffusion.inference import load_predictor
+from diffusion.tasks import get_task
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+RELEASES = sorted(CHECKPOINTS.glob("*.safetensors"))
+
+
+def test_each_task_has_its_release():
+    for name in ("ct", "tumor"):
+        assert (CHECKPOINTS / get_task(name).released) in RELEASES
+
+
+@pytest.mark.parametrize("path", RELEASES, ids=lambda p: p.name)
+def test_release_has_a_card_and_predicts_with_its_default_setting(path, ct_root, tumor_root):
+    _, config, _ = load_slim(path)
+    task = get_task(config["task"])
+    assert path.with_suffix(".md").is_file(), f"{path.name} has no model card"
+    assert path.stat().st_size <= 25e6
+    predictor = load_predictor(task.name, path)
+    spec, ensemble = predictor.default_spec()
+    predictor.check_spec(spec)  # e.g. a regressor released with a diffusion sampler fails here
+    root, _ = task.resolve_root(ct_root if task.name == "ct" else tumor_root)
+    case = task.list_cases(root)[0]
+    example = task.read_case(root, case, with_truth=True)
+    image = task.output_image(predictor.predict_one(example.inputs, seed=0))
+    assert image.shape == example.truth.shape and image.dtype == np.uint8
+    if task.name == "tumor":
+        assert set(np.unique(image)) <= {0, 255}
+    assert np.isfinite(task.score(image, example.truth)[task.metric])
+
+
+def test_eval_release_changes_only_sample_settings_and_refuses_one_the_model_cannot_run(trained_tumor_tiny, tmp_path):
+    from diffusion.errors import UserError
+    from eval import release
+
+    source = trained_tumor_tiny / "last.safetensors"
+    out = tmp_path / "release.safetensors"
+    assert release.main(["--checkpoint", str(source), "--out", str(out), "--set", "sample.ensemble=2"]) == 0
+    state, config, extra = load_slim(out)
+    source_state, source_config, _ = load_slim(source)
+    assert config["sample"]["ensemble"] == 2 and extra["released_from"] == str(source)
+    assert config["model"] == source_config["model"] and all((state[k] == source_state[k]).all() for k in state)
+    with pytest.raises(UserError, match="sample"):
+        release.main(["--checkpoint", str(source), "--out", str(tmp_path / "x.safetensors"), "--set", "train.lr=1"])
+    bad = tmp_path / "bad.safetensors"
+    with pytest.raises(UserError, match="regressor"):  # a diffusion model released with the regressor's sampler
+        release.main(["--checkpoint", str(source), "--out", str(bad), "--set", "sample.sampler=regressor"])
+    assert not bad.exists()
