@@ -22,6 +22,7 @@ DEFAULTS: dict = {
         "control_fraction": None,    # tumor: share of training items from the controls (None: as many as exist)
         "tumor_crop_prob": 0.5,      # tumor: share of crops centred near a tumor pixel
         "tumor_weight": 1.0,         # tumor: loss weight of a tumor pixel (background: 1)
+        "intensity_aug": 0.0,        # tumor: uptake contrast and gamma jitter of the training crops (0: off)
     },
     "model": {
         "block_out_channels": [16, 64, 128, 192],

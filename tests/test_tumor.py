@@ -87,6 +87,35 @@ def test_tumor_crops_contain_tumor_more_often(tumor_root):
     assert item["image"].shape == (64, 64) and set(item["label"].unique().tolist()) <= {0, 1}
 
 
+def test_intensity_augment_keeps_blank_blank_and_the_uptake_order():
+    from diffusion.data.tumor import intensity_augment
+
+    image = np.arange(256, dtype=np.uint8)[::-1].reshape(16, 16)  # 255 (no uptake) ... 0 (the most)
+    assert np.array_equal(intensity_augment(image, np.random.default_rng(0), 0.0), image)
+    changed = 0
+    for seed in range(20):
+        out = intensity_augment(image, np.random.default_rng(seed), 0.3)
+        assert out.dtype == np.uint8 and out.flat[0] == 255          # blank stays blank
+        assert np.all(np.diff(out.astype(int).ravel()) <= 0)        # more uptake never looks like less
+        changed += not np.array_equal(out, image)
+    assert changed == 20
+
+
+def test_intensity_aug_jitters_only_the_image_and_leaves_every_other_draw_as_it_was(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    plain = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.5, seed=3)
+    jittered = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.5, seed=3, intensity_aug=0.3)
+    differs = 0
+    for key in [(e, i) for e in range(4) for i in range(len(cases))]:
+        a, b = plain[key], jittered[key]
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["row0"], b["row0"])  # same crop, same flip
+        assert torch.equal(b["image"], jittered[key]["image"])  # deterministic in (seed, epoch, index)
+        differs += not torch.equal(a["image"], b["image"])
+    assert differs > 0
+    with pytest.raises(ValueError, match="intensity_aug"):
+        TumorTrainDataset(cases, intensity_aug=1.5)
+
+
 def test_control_fraction_sets_the_share_of_control_items(tumor_root):
     cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
     assert sum(cases.is_control) == 2 and len(cases) == 5

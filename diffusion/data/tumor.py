@@ -129,16 +129,26 @@ def crop_back(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return padded[..., : shape[0], : shape[1]]
 
 
+def intensity_augment(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Uptake jitter of a uint8 MIP (255 = no uptake, 0 = the most): the uptake u = (255 - image) / 255 becomes
+    clip(s * u ** g) with a contrast s ~ U(1 - strength, 1 + strength) and a gamma g = exp(U(-strength, strength)).
+    Scanners and reconstructions differ in how bright a tumor looks; where nothing is taken up stays blank."""
+    s = rng.uniform(1 - strength, 1 + strength)
+    g = float(np.exp(rng.uniform(-strength, strength)))
+    uptake = np.clip(s * ((255.0 - image) / 255.0) ** g, 0.0, 1.0)
+    return np.round(255.0 - 255.0 * uptake).astype(np.uint8)
+
+
 class TumorTrainDataset(torch.utils.data.Dataset):
     """Square crops; with probability `tumor_crop_prob` (patients only) the crop is centred near a random tumor
     pixel (the class is ~1% of pixels). Images are padded with background (255) when shorter than the crop.
     `control_fraction` (None: every image equally often, so the 426 controls outnumber the 120 training patients)
     is the share of items drawn from the healthy controls; the rest come from the patients, each group uniformly.
-    Items: image and label crops and the crop's first row (for the vertical position channel); deterministic in
+    `intensity_aug` > 0 jitters each crop's uptake (`intensity_augment`). Items: image and label crops and the crop's first row (for the vertical position channel); deterministic in
     (seed, epoch, index)."""
 
     def __init__(self, cases: TumorCases, crop_size: int = 256, tumor_crop_prob: float = 0.5, flip: bool = True,
-                 seed: int = 0, control_fraction: float | None = None):
+                 seed: int = 0, control_fraction: float | None = None, intensity_aug: float = 0.0):
         if cases.labels is None:
             raise DataError("training needs the labels (patients/labels)")
         if control_fraction is not None and not 0.0 <= control_fraction <= 1.0:
@@ -146,6 +156,9 @@ class TumorTrainDataset(torch.utils.data.Dataset):
         self.cases, self.crop_size, self.tumor_crop_prob = cases, crop_size, tumor_crop_prob
         self.flip, self.seed, self.epoch = flip, seed, 0
         self.control_fraction = control_fraction
+        if not 0.0 <= intensity_aug < 1.0:
+            raise ValueError(f"data.intensity_aug {intensity_aug}: must be in [0, 1)")
+        self.intensity_aug = intensity_aug
         control = list(cases.is_control) or [False] * len(cases)
         self.groups = ([i for i in range(len(cases)) if not control[i]], [i for i in range(len(cases)) if control[i]])
         self.tumor_pixels = [np.argwhere(lab > 0) for lab in cases.labels]
@@ -181,5 +194,7 @@ class TumorTrainDataset(torch.utils.data.Dataset):
         image, label = image[y:y + c, x:x + c], label[y:y + c, x:x + c]
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
+        if self.intensity_aug:  # drawn last: with it off, every other draw is what it always was
+            image = intensity_augment(image, rng, self.intensity_aug)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)),
                 "label": torch.from_numpy(np.ascontiguousarray(label)), "row0": torch.tensor(y)}

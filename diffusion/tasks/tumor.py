@@ -171,7 +171,8 @@ class TumorTask(Task):
         data = load_tumor_cases(root, include_controls=any(c.extra for c in cases), need_truth=True,
                                 progress=progress, ids=[c.id for c in cases])
         return TumorTrainDataset(data, crop_size=dc["crop_size"], tumor_crop_prob=dc["tumor_crop_prob"],
-                                 flip=dc["flip"], seed=config["seed"], control_fraction=dc["control_fraction"])
+                                 flip=dc["flip"], seed=config["seed"], control_fraction=dc["control_fraction"],
+                                 intensity_aug=dc.get("intensity_aug", 0.0))
 
     # --- prediction and score ------------------------------------------------------------------------------
     @property
