@@ -32,6 +32,7 @@ from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
 from diffusion.tasks.tumor import remove_small_components
+from eval.compare import common_cases
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 MIN_SIZES = (0, 10, 25, 50, 100, 200)
@@ -102,8 +103,6 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", required=True, help="where to write the calibrated slim checkpoint")
     args = p.parse_args(argv)
-    from eval.compare import common_cases
-
     task = get_task("tumor")
     segmenters = [load_predictor(task.name, path) for path in args.checkpoint]
     for path, segmenter in zip(args.checkpoint, segmenters):
@@ -133,9 +132,11 @@ def main(argv=None) -> int:
     report = {"checkpoint": str(source), "threshold": chosen["threshold"], "min_component": chosen["min_component"],
               "dice": dice, "split": args.split, "images": len(cases), "ids": [c.id for c in cases],
               "untuned_dice": float(table[(slice(None), index[0], *untuned)].mean()),
-              "per_checkpoint": {path: {**describe(best_cell(table[:, c])[0]), "dice": best_cell(table[:, c])[1],
-                                        "untuned_dice": float(table[(slice(None), c, *untuned)].mean())}
-                                 for c, path in enumerate(args.checkpoint)}}
+              "per_checkpoint": {}}
+    for c, path in enumerate(args.checkpoint):
+        own, own_dice = best_cell(table[:, c])
+        report["per_checkpoint"][path] = {**describe(own), "dice": own_dice,
+                                          "untuned_dice": float(table[(slice(None), c, *untuned)].mean())}
     if args.cross_fit:
         report["cross_fit"] = cross_fit(table if len(args.checkpoint) > 1 else table[:, 0], args.cross_fit)
     report["sweep"] = {f"{t}/{m}": float(table[:, index[0], j, k].mean()) for j, t in enumerate(THRESHOLDS)
