@@ -19,7 +19,7 @@ import torch
 
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import evaluate
-from diffusion.inference import load_predictor, released_checkpoint
+from diffusion.inference import load_predictor, released_for_sampler
 from diffusion.tasks import get_task, task_names
 from samplers import SAMPLERS, SamplerSpec, parse_spec
 
@@ -73,7 +73,10 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     task = get_task(args.task)
-    predictor = load_predictor(task.name, args.checkpoint or released_checkpoint(task), device=args.device)
+    path = args.checkpoint or released_for_sampler(task, args.sampler)
+    if not args.checkpoint and path.name != task.released:
+        print(f"--sampler {args.sampler}: using the released {path.name}", file=sys.stderr)
+    predictor = load_predictor(task.name, path, device=args.device)
     if args.flip is not None:
         predictor.flip_members = args.flip == "on"
     model_spec, model_ensemble = predictor.default_spec()

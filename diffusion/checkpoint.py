@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diffusion.errors import CheckpointError
@@ -72,17 +72,15 @@ def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, ext
     os.replace(tmp, path)
 
 
-def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """Return (float32 state dict, config, extra). Raises CheckpointError with one clear line."""
+def read_slim_config(path: str | Path, expected_task: str | None = None) -> tuple[dict, dict]:
+    """(config, extra) of a slim checkpoint from its metadata, without reading the weights. Raises CheckpointError
+    with one clear line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
     if "config" not in metadata:
@@ -90,5 +88,14 @@ def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[
     config = json.loads(metadata["config"])
     if expected_task is not None and config.get("task") != expected_task:
         raise CheckpointError(f"checkpoint {path} is for task {config.get('task')!r}, not {expected_task!r}")
-    extra = json.loads(metadata.get("extra", "{}"))
+    return config, json.loads(metadata.get("extra", "{}"))
+
+
+def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Return (float32 state dict, config, extra). Raises CheckpointError with one clear line."""
+    config, extra = read_slim_config(path, expected_task)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, extra

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from einops import repeat
 
-from diffusion.checkpoint import load_slim
+from diffusion.checkpoint import load_slim, read_slim_config
 from diffusion.config import DEFAULTS
 from diffusion.denoiser import Denoiser
 from diffusion.errors import UserError
@@ -29,6 +29,37 @@ def released_checkpoint(task) -> Path:
     """The released checkpoint of a task (a name or a task object) in checkpoints/."""
     task = get_task(task) if isinstance(task, str) else task
     return REPO / "checkpoints" / task.released
+
+
+def other_released(task, folder: Path | None = None) -> list[Path]:
+    """The task's other released checkpoints beside its main one (`<stem>_*.safetensors`: the distilled student,
+    the regressor baseline, ...), sorted by name."""
+    released = released_checkpoint(task)
+    folder = folder or released.parent
+    return sorted(folder.glob(f"{released.stem}_*.safetensors"))
+
+
+def runs_sampler(config: dict, name: str) -> bool:
+    """Whether a checkpoint (its config) can run a sampler by name: `distilled` only a distilled student,
+    `regressor` only a regressor, and every diffusion sampler only a diffusion model."""
+    if name == "distilled":
+        return int(config.get("distill", {}).get("student_steps") or 0) > 0
+    return (name == "regressor") == (config.get("diffusion", {}).get("objective", "diffusion") == "regress")
+
+
+def released_for_sampler(task, sampler: str | None, folder: Path | None = None) -> Path:
+    """The released checkpoint for a sampler name: the task's main one when it can run the sampler, else the first
+    of the task's other released checkpoints that can (`--sampler distilled` -> the distilled student, `--sampler
+    regressor` -> the regressor baseline, `--sampler ddim` on a task whose release is a regressor -> its diffusion
+    model). Reads only the checkpoints' metadata."""
+    task = get_task(task) if isinstance(task, str) else task
+    main = (folder or released_checkpoint(task).parent) / task.released
+    if sampler is None or not main.is_file():
+        return main
+    for path in [main, *other_released(task, folder)]:
+        if runs_sampler(read_slim_config(path, task.name)[0], sampler):
+            return path
+    return main  # Predictor.check_spec says why it cannot run the sampler
 
 
 def build_denoiser(config: dict) -> Denoiser:

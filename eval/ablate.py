@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import evaluate
-from diffusion.inference import Predictor, load_predictor, released_checkpoint
+from diffusion.inference import Predictor, load_predictor, other_released, released_checkpoint
 from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
 
@@ -67,8 +67,7 @@ def other_models(task: str, text: str | None, main: Path) -> list[Path]:
             if not path.is_file():
                 raise UserError(f"--models: {path} does not exist")
         return paths
-    released = released_checkpoint(task)
-    return sorted(p for p in released.parent.glob(f"{released.stem}_*.safetensors") if p.resolve() != main.resolve())
+    return [p for p in other_released(task) if p.resolve() != main.resolve()]
 
 
 def plot_pareto(rows: list[dict], path: Path, metric: str) -> None:

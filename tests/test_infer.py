@@ -97,3 +97,28 @@ def test_ablation_harness_writes_one_row_per_setting(trained_tiny, tmp_path):
         ("ddim:1", "1"), ("ddim:1", "2"), ("ddpm:3", "1"), ("ddpm:3", "2"), ("repaint:4x2", "1"), ("repaint:4x2", "2")]
     assert int(rows[4]["nfe"]) > 4 and all(float(r["mae"]) > 0 for r in rows)
     assert (tmp_path / "abl" / "pareto.png").stat().st_size > 0
+
+
+def test_a_sampler_name_picks_the_released_checkpoint_that_can_run_it(tmp_path):
+    import torch
+
+    from diffusion.inference import released_for_sampler
+
+    def save(name, task="ct", objective="diffusion", student_steps=0, sampler="ddim"):
+        config = {"task": task, "diffusion": {"objective": objective}, "distill": {"student_steps": student_steps},
+                  "sample": {"sampler": sampler}}
+        save_slim(tmp_path / name, {"w": torch.zeros(1)}, config)
+
+    save("ct_inpaint.safetensors")
+    save("ct_inpaint_distilled.safetensors", student_steps=1, sampler="distilled")
+    save("ct_inpaint_regressor.safetensors", objective="regress", sampler="regressor")
+    pick = {s: released_for_sampler("ct", s, tmp_path).name for s in (None, "ddim", "repaint", "distilled", "regressor")}
+    assert pick == {None: "ct_inpaint.safetensors", "ddim": "ct_inpaint.safetensors",
+                    "repaint": "ct_inpaint.safetensors", "distilled": "ct_inpaint_distilled.safetensors",
+                    "regressor": "ct_inpaint_regressor.safetensors"}
+    # a task released as a regressor: diffusion samplers go to its diffusion model, nothing can run `distilled`
+    save("tumor_seg.safetensors", task="tumor", objective="regress", sampler="regressor")
+    save("tumor_seg_diffusion.safetensors", task="tumor")
+    assert released_for_sampler("tumor", "ddim", tmp_path).name == "tumor_seg_diffusion.safetensors"
+    assert released_for_sampler("tumor", None, tmp_path).name == "tumor_seg.safetensors"
+    assert released_for_sampler("tumor", "distilled", tmp_path).name == "tumor_seg.safetensors"  # check_spec refuses

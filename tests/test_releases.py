@@ -57,3 +57,19 @@ def test_eval_release_changes_only_sample_settings_and_refuses_one_the_model_can
     with pytest.raises(UserError, match="regressor"):  # a diffusion model released with the regressor's sampler
         release.main(["--checkpoint", str(source), "--out", str(bad), "--set", "sample.sampler=regressor"])
     assert not bad.exists()
+
+
+def test_infer_sampler_distilled_runs_the_released_student_at_its_own_setting(ct_root, tmp_path):
+    import json
+
+    import infer
+
+    student = CHECKPOINTS / "ct_inpaint_distilled.safetensors"
+    if not student.is_file():
+        pytest.skip("no released CT student")
+    out = tmp_path / "out"
+    assert infer.main(["--task", "ct", "--data-root", str(ct_root), "--sampler", "distilled", "--limit", "1",
+                       "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, config, _ = load_slim(student)
+    assert metrics["sampler"].startswith("distilled") and metrics["ensemble"] == config["sample"]["ensemble"]
