@@ -43,7 +43,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffusion.checkpoint import latest_full_state, load_slim, save_full_state, save_slim
-from diffusion.config import apply_overrides, dump_config, load_config
+from diffusion.config import apply_overrides, dump_config, load_config, model_config
 from diffusion.distill import DistillationLoss, EnsembleDistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
 from diffusion.figures import plot_curves
@@ -141,7 +141,7 @@ def build_model(config: dict, args, teacher):
         denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
     if args.init and not args.resume:
         state, init_config, _ = load_slim(args.init, expected_task=config["task"])
-        if init_config["model"] != config["model"]:
+        if model_config(init_config) != model_config(config):
             raise UserError(f"--init {args.init}: its model config differs from {args.config}")
         denoiser.net.load_state_dict(state)
     if config["train"]["channels_last"]:
@@ -166,7 +166,7 @@ def load_resume_state(args, config: dict, ckpt_dir: Path) -> dict:
     if path is None or not path.is_file():
         raise UserError(f"--resume {args.resume}: no full-state checkpoint in {ckpt_dir}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["config"]["model"] != config["model"] or state["config"]["task"] != config["task"]:
+    if model_config(state["config"]) != model_config(config) or state["config"]["task"] != config["task"]:
         raise UserError(f"--resume {path}: its model/task config differs from {args.config}")
     state["path"] = path
     return state

@@ -83,6 +83,12 @@ DEFAULTS: dict = {
 }
 
 
+def model_config(config: dict) -> dict:
+    """A config's `model` section with the defaults of keys added since it was written (e.g. a released
+    checkpoint's config from before `attention_head_dim`): two configs build the same network iff these agree."""
+    return {**DEFAULTS["model"], **config.get("model", {})}
+
+
 def deep_update(base: dict, update: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():

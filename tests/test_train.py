@@ -128,6 +128,15 @@ def test_continue_schedule_from_slim_weights_goes_on_where_the_run_was(tmp_path)
         train_diffusion.main(common + ["--out", str(tmp_path / "z"), "--init", str(slim), "--continue-schedule",
                                        "--set", "train.max_steps=2"])
 
+    # a checkpoint written before a model key existed (its default) initialises the same network; another does not
+    older = {**config, "model": {k: v for k, v in config["model"].items() if k not in ("attention_head_dim", "dropout")}}
+    save_slim(tmp_path / "older.safetensors", state, older, {})
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "older"), "--init",
+                                          str(tmp_path / "older.safetensors")]) == 0
+    save_slim(tmp_path / "other.safetensors", state, {**config, "model": {**config["model"], "dropout": 0.1}}, {})
+    with pytest.raises(UserError, match="model config differs"):
+        train_diffusion.main(common + ["--out", str(tmp_path / "w"), "--init", str(tmp_path / "other.safetensors")])
+
 
 def launch_two_processes(args: list[str], cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
