@@ -23,6 +23,7 @@ DEFAULTS: dict = {
         "tumor_crop_prob": 0.5,      # tumor: share of crops centred near a tumor pixel
         "tumor_weight": 1.0,         # tumor: loss weight of a tumor pixel (background: 1)
         "intensity_aug": 0.0,        # tumor: uptake contrast and gamma jitter of the training crops (0: off)
+        "position_channel": True,    # tumor: the vertical-position condition channel (false: zeros)
     },
     "model": {
         "block_out_channels": [16, 64, 128, 192],

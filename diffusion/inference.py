@@ -110,7 +110,7 @@ class Predictor:
         if self.device.type == "cpu":
             self.denoiser.net.to(memory_format=torch.channels_last)
         self.config = config
-        self.task = get_task(config["task"])
+        self.task = get_task(config["task"], config.get("data"))  # the options the model was trained with
         self.bf16 = bf16
         self.checkpoint = checkpoint
         self.flip_members = bool(config.get("sample", {}).get("flip", False))

@@ -1,4 +1,5 @@
 """Tumor segmentation: data validation, padding, the condition, ensembles and output format, training, infer."""
+import copy
 import json
 
 import numpy as np
@@ -75,6 +76,24 @@ def test_condition_channels_and_training_target():
     target, cond, labels, weight = task.training_batch(batch)
     assert target.tolist() == [[[[1.0, -1.0], [-1.0, -1.0]]]] and labels is None and weight.shape == target.shape
     assert cond[0, 1, 0, 0] > -1.0  # the crop's first row is row 5 of the image
+
+
+def test_position_channel_option_reaches_the_condition_and_the_predictor(trained_tumor_tiny):
+    """data.position_channel: false zeroes the position channel in training (the task of the run's config) and at
+    inference (the task of the checkpoint's config), and changes nothing else."""
+    image = torch.full((1, 4, 3), 100, dtype=torch.uint8)
+    on = get_task("tumor").condition(image, torch.tensor([7]))
+    off = get_task("tumor", {"position_channel": False}).condition(image, torch.tensor([7]))
+    assert torch.equal(on[:, 0], off[:, 0]) and off[:, 1].abs().max() == 0 and on[:, 1].abs().min() > 0
+    seg = TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    config = copy.deepcopy(seg.config)
+    config["data"]["position_channel"] = False
+    seg_off = TumorSegmenter(seg.denoiser, config)
+    assert seg.task.position_channel and not seg_off.task.position_channel
+    pet = np.full((96, 400), 200, np.uint8)
+    pet[40:50, 100:120] = 20
+    a, b = seg.predict(pet, ensemble=1).probability, seg_off.predict(pet, ensemble=1).probability
+    assert np.abs(a - b).max() > 1e-4  # same weights and noise: only the position channel differs
 
 
 def test_tumor_crops_contain_tumor_more_often(tumor_root):

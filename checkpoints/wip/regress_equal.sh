@@ -2,7 +2,7 @@
 # Issue 14.1: the regressor continued for the diffusion stage's 3,629 steps, same schedule and crops:
 # stage a = 640 steps (cosine, lr 2e-4); stage b = the 3,200-step cosine schedule stopped at step 2,989, as the
 # release's stage 3 was. No checkpoint is chosen: last.safetensors of stage b is what is compared.
-# MAXMIN=N stops each stage after N minutes (with a checkpoint). Resumable: rerun the script; a finished stage is skipped, an interrupted one goes on from its latest state.
+# MAXMIN=N stops each stage after N minutes (with a checkpoint); UNTIL=HH:MM (today) stops the whole recipe by then. Resumable: rerun the script; a finished stage is skipped, an interrupted one goes on from its latest state.
 set -e
 cd /work/main && . .venv/bin/activate
 CODE=/tmp/regress_code   # a copy of the code, so that edits in the work tree do not reach a running job
@@ -10,11 +10,17 @@ CODE=/tmp/regress_code   # a copy of the code, so that edits in the work tree do
 stage() {  # stage OUT INIT MAX_STEPS VAL_EVERY STOP
   local out=$1 init=$2 steps=$3 every=$4 stop=$5
   if [ -f "$out/checkpoints/step_$(printf %07d "$stop").pt" ]; then return; fi
+  local maxmin=${MAXMIN:-}
+  if [ -n "${UNTIL:-}" ]; then
+    local left=$(( ($(date -d "$UNTIL" +%s) - $(date +%s)) / 60 ))
+    [ "$left" -ge 5 ] || { echo "past UNTIL=$UNTIL: stopping before $out"; exit 0; }
+    if [ -z "$maxmin" ] || [ "$left" -lt "$maxmin" ]; then maxmin=$left; fi
+  fi
   local resume=()
   if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest); fi
   python $CODE/train_diffusion.py --config configs/ct_regress_cpu.yaml --out "$out" --init "$init" \
       --data-root ../shared/data --set train.lr=2e-4 --set train.warmup_steps=20 --set train.max_steps="$steps" \
-      --set train.val_every="$every" --max-steps "$stop" ${MAXMIN:+--max-minutes $MAXMIN} "${resume[@]}"
+      --set train.val_every="$every" --max-steps "$stop" ${maxmin:+--max-minutes $maxmin} "${resume[@]}"
   [ -f "$out/checkpoints/step_$(printf %07d "$stop").pt" ] || { echo "$out stopped before step $stop: rerun"; exit 0; }
 }
 stage runs/ct_regress_eq_a checkpoints/ct_inpaint_regressor.safetensors 640 160 640

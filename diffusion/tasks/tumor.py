@@ -113,7 +113,9 @@ def case_files(root: Path, case: Case) -> tuple[Path, Path | None]:
 class TumorTask(Task):
     """Tumor segmentation. Target: the tumor mask in [-1, 1]. Condition channels: uptake (the inverted PET
     intensity in [-1, 1], high = dark in the PNG) and the vertical position in the whole image in [-1, 1]
-    (rows normalised by the competition's maximum height: brain at the top, bladder at the bottom)."""
+    (rows normalised by the competition's maximum height: brain at the top, bladder at the bottom); with
+    `data.position_channel: false` the position channel is zeros (same channel count, so a model with it can be
+    started from one without it and back)."""
 
     name: str = "tumor"
     folder: str = "tumor-segmentation"
@@ -126,6 +128,7 @@ class TumorTask(Task):
     higher_is_better: bool = True
     extra_name: str = "control"
     tumor_weight: float = 1.0     # loss weight of a tumor pixel relative to background (~1% of pixels are tumor)
+    position_channel: bool = True  # the vertical-position condition channel (False: zeros)
     overview_columns: tuple[str, ...] = ("PET", "truth", "prediction (TP white, FP red, FN blue)", "uncertainty")
     overview_cmaps: tuple[str, ...] = ("gray", "gray", "rgb", "viridis")
     service_name: str = "tumor-segmentation"
@@ -133,9 +136,8 @@ class TumorTask(Task):
     response_model = TumorResponse
 
     def with_options(self, data_config: dict) -> TumorTask:
-        if "tumor_weight" in data_config:
-            return replace(self, tumor_weight=float(data_config["tumor_weight"]))
-        return self
+        return replace(self, tumor_weight=float(data_config.get("tumor_weight", self.tumor_weight)),
+                       position_channel=bool(data_config.get("position_channel", self.position_channel)))
 
     # --- model side ----------------------------------------------------------------------------------------
     def condition(self, image: torch.Tensor, row0: torch.Tensor) -> torch.Tensor:
@@ -144,6 +146,8 @@ class TumorTask(Task):
         uptake = 1.0 - image.float() / 127.5
         rows = row0.view(n, 1).float() + torch.arange(h, dtype=torch.float32).view(1, h)
         position = (rows / MAX_HEIGHT * 2 - 1).view(n, h, 1).expand(n, h, w)
+        if not self.position_channel:
+            position = torch.zeros_like(position)
         return torch.stack([uptake, position], 1)
 
     def training_batch(self, batch: dict[str, torch.Tensor]):
