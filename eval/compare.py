@@ -141,7 +141,8 @@ def plot(rows: list[dict], metric: str, path: Path, title: str) -> None:
     ax.errorbar([r[metric] for r in rows], y, xerr=[r[metric + "_se"] for r in rows], fmt="o", capsize=3)
     ax.axvline(rows[0][metric], color="grey", lw=0.8, ls="--")
     ax.set_yticks(y, [r["variant"] for r in rows])
-    ax.set(xlabel=f"{metric.upper()} (± SE over patients)", title=title)
+    ax.set(xlabel=f"{metric.upper()} (± SE over patients)")
+    fig.suptitle(title, fontsize=9, wrap=True)  # the figure's width, not the axes': long data paths stay readable
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
