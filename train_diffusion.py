@@ -15,7 +15,8 @@ checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetenso
 On N processes (GPUs, or CPU processes over gloo) `train.batch_size` is the global batch: it must divide by
 N x `train.grad_accum`. The learning-rate schedule counts optimiser steps, whatever N. A run is a function of
 (config, step): the data order is fixed by (seed, epoch), every micro-batch reseeds the random generators from
-(seed, process, micro-batch), so `--resume` continues exactly where the run stopped.
+(seed, process, micro-batch), so `--resume` continues exactly where the run stopped. SIGTERM or Ctrl-C stops
+the run after the current step with a checkpoint (a second one stops at once); --max-minutes does the same on time.
 
 With `distill.teacher` set (configs/*_distill_*.yaml) the run is one round of progressive distillation: the
 student starts from the teacher's weights and learns to sample in half the teacher's DDIM steps; its saved
@@ -30,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -50,6 +53,35 @@ from diffusion.figures import plot_curves
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
+
+
+class StopRequest:
+    """SIGTERM (a scheduler's pre-emption, `kill`) and SIGINT (Ctrl-C) ask the loop to stop after the current step
+    with a checkpoint, through the same trigger as --max-minutes, so every process stops at the same step; a second
+    signal stops at once. The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:  # asked twice: the signal's own behaviour now
+            signal.signal(signum, self.previous.get(signum) or signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.requested = signal.Signals(signum).name
+        tqdm.write(f"{self.requested}: stopping after this step with a checkpoint (send it again to stop now)")
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -297,57 +329,61 @@ def main(argv=None) -> int:
     last_step = min(tc["max_steps"], args.max_steps or tc["max_steps"])
     bar = tqdm(total=last_step, initial=step, disable=not main_proc, desc="training")
     stop = step >= last_step
-    while not stop:
-        sampler.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
-        for batch in epoch_loader:
-            torch.manual_seed(micro_batch_seed(config["seed"], rank, micro))
-            micro, batch_in_epoch = micro + 1, batch_in_epoch + 1
-            with accelerator.accumulate(loss_module):
-                target, cond, labels, weight = task.training_batch(batch)
-                with accelerator.autocast():
-                    loss = loss_module(target, cond, labels, weight).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(loss_module.parameters(), tc["grad_clip"])
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            seen += target.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(net.parameters())
-            step += 1
-            bar.update(1)
-            if main_proc and step % tc["log_every"] == 0:
-                now = time.time()
-                row = {"step": step, "loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0],
-                       "images_per_s": seen / (now - last_log), "elapsed_s": now - start}
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
-                seen, last_log = 0, now
-            # one decision for every process: the main process's clock, shared through accelerate's trigger
-            if main_proc and args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
-                accelerator.set_trigger()
-            stop = accelerator.check_trigger() or step >= last_step
-            if validator is not None and (step % tc["val_every"] == 0 or stop):
-                validate()
-                last_log = time.time()
-            if step % tc["checkpoint_every"] == 0 or stop:
-                write_checkpoints()
-            accelerator.wait_for_everyone()
-            if stop:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
+    with StopRequest() as interrupt:
+        while not stop:
+            sampler.set_epoch(epoch)
+            loader.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
+            for batch in epoch_loader:
+                torch.manual_seed(micro_batch_seed(config["seed"], rank, micro))
+                micro, batch_in_epoch = micro + 1, batch_in_epoch + 1
+                with accelerator.accumulate(loss_module):
+                    target, cond, labels, weight = task.training_batch(batch)
+                    with accelerator.autocast():
+                        loss = loss_module(target, cond, labels, weight).mean()
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(loss_module.parameters(), tc["grad_clip"])
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                seen += target.shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                ema.step(net.parameters())
+                step += 1
+                bar.update(1)
+                if main_proc and step % tc["log_every"] == 0:
+                    now = time.time()
+                    row = {"step": step, "loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0],
+                           "images_per_s": seen / (now - last_log), "elapsed_s": now - start}
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
+                    seen, last_log = 0, now
+                # one decision for every process: the main process's clock, shared through accelerate's trigger
+                if main_proc and args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+                    accelerator.set_trigger()
+                if interrupt.requested:
+                    accelerator.set_trigger()
+                stop = accelerator.check_trigger() or step >= last_step
+                if validator is not None and (step % tc["val_every"] == 0 or stop):
+                    validate()
+                    last_log = time.time()
+                if step % tc["checkpoint_every"] == 0 or stop:
+                    write_checkpoints()
+                accelerator.wait_for_everyone()
+                if stop:
+                    break
+            else:
+                epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     if main_proc:
         metrics.close()
         plot_curves(run / "metrics.jsonl", run / "curves.png")
-        print(f"done at step {step}; run folder {run}")
+        print(f"done at step {step}; run folder {run}"
+              + (f" (stopped by {interrupt.requested}: go on with --resume latest)" if interrupt.requested else ""))
     accelerator.end_training()
     return 0
 

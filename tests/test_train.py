@@ -59,6 +59,38 @@ def test_resume_is_continuation_two_plus_two_steps_equal_four(tmp_path):
             assert torch.equal(a[name], b[name]), (key, name)
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
+    """A SIGTERM during step 3 (sent from inside the loop, so the timing is exact) ends the run after step 3 with a
+    full checkpoint and exit code 0, the handlers that were there before come back, and --resume goes on."""
+    import signal
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    args = ["--config", TINY, "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"),
+            "--set", "train.max_steps=1000", "--set", "train.val_every=1000", "--set", "train.checkpoint_every=1000"]
+    real_seed = train_diffusion.micro_batch_seed
+
+    def seed_then_signal(seed, process, micro):
+        if micro == 2:  # the third micro-batch = step 3 (no accumulation in the tiny config)
+            signal.raise_signal(signal.SIGTERM)
+        return real_seed(seed, process, micro)
+
+    def not_handled(signum, frame):  # if training does not take the signal, this fails the test (not pytest)
+        raise AssertionError("SIGTERM reached the handler outside training")
+
+    monkeypatch.setattr(train_diffusion, "micro_batch_seed", seed_then_signal)
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        assert train_diffusion.main(args) == 0
+        assert signal.getsignal(signal.SIGTERM) is not_handled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stopped = torch.load(train_diffusion.latest_full_state(tmp_path / "run/checkpoints"), weights_only=False)
+    assert stopped["step"] == 3
+    monkeypatch.setattr(train_diffusion, "micro_batch_seed", real_seed)
+    assert train_diffusion.main(args + ["--resume", "latest", "--max-steps", "4"]) == 0
+    assert torch.load(tmp_path / "run/checkpoints/step_0000004.pt", weights_only=False)["step"] == 4
+
+
 def test_a_batch_that_does_not_split_over_processes_is_a_clear_error():
     import pytest
 
