@@ -91,6 +91,25 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(tmp_
     assert torch.load(tmp_path / "run/checkpoints/step_0000004.pt", weights_only=False)["step"] == 4
 
 
+def test_stop_request_keeps_an_ignored_sigint_ignored_and_restores_the_handlers():
+    """A background job (`cmd &`) starts with SIGINT ignored: training must not start reacting to it."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with train_diffusion.StopRequest() as request:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert request.requested is None
+            signal.raise_signal(signal.SIGTERM)
+            assert request.requested == "SIGTERM"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
 def test_a_batch_that_does_not_split_over_processes_is_a_clear_error():
     import pytest
 
