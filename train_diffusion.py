@@ -67,15 +67,18 @@ class StopRequest:
         self.previous: dict = {}
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            # a signal the parent set to be ignored (SIGINT of a `cmd &` job) stays ignored
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
-                             if signal.getsignal(s) is not signal.SIG_IGN}
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return self
+        for s in self.SIGNALS:
+            before = signal.getsignal(s)
+            if before is not signal.SIG_IGN:  # a signal the parent ignores (SIGINT of a `cmd &` job) stays ignored
+                self.previous[s] = signal.SIG_DFL if before is None else before  # None: set outside Python
+                signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested is not None:  # asked twice: the signal's own behaviour now
-            signal.signal(signum, self.previous.get(signum) or signal.SIG_DFL)
+            signal.signal(signum, self.previous[signum])
             signal.raise_signal(signum)
             return
         self.requested = signal.Signals(signum).name
@@ -83,7 +86,7 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            signal.signal(s, handler)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -365,9 +368,8 @@ def main(argv=None) -> int:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
                     seen, last_log = 0, now
                 # one decision for every process: the main process's clock, shared through accelerate's trigger
-                if main_proc and args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
-                    accelerator.set_trigger()
-                if interrupt.requested:
+                out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
+                if interrupt.requested or (main_proc and out_of_time):
                     accelerator.set_trigger()
                 stop = accelerator.check_trigger() or step >= last_step
                 if validator is not None and (step % tc["val_every"] == 0 or stop):
