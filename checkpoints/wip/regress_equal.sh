@@ -25,3 +25,14 @@ stage() {  # stage OUT INIT MAX_STEPS VAL_EVERY STOP
 }
 stage runs/ct_regress_eq_a checkpoints/ct_inpaint_regressor.safetensors 640 160 640
 stage runs/ct_regress_eq_b runs/ct_regress_eq_a/last.safetensors 3200 400 2989
+# Issue 14.1's table: one harness, all 530 validation slices, then the 106-slice subset (same per-case seeds, so the
+# same predictions): the release's default against the regressor at 2,900 steps and at equal compute (6,529 steps).
+for LIMIT in 0 106; do
+  python -m eval.compare --task ct --split val --data-root ../shared/data $([ $LIMIT = 0 ] || echo --limit $LIMIT) \
+      --out runs/compare_ct_equal_$LIMIT \
+      --variant "name=diffusion warm-started (the release; 2900+3629 steps; DDIM-1 x 8 with flips),checkpoint=checkpoints/ct_inpaint.safetensors" \
+      --variant "name=regressor (2900 steps; flip pair),checkpoint=checkpoints/ct_inpaint_regressor.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
+      --variant "name=regressor at equal compute (2900+3629 steps; flip pair),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
+      --variant "name=regressor at equal compute (one pass),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=1,flip=0" \
+      > runs/compare_ct_equal_$LIMIT.log 2>&1
+done
