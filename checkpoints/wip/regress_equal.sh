@@ -16,14 +16,17 @@ stage() {  # stage OUT INIT MAX_STEPS VAL_EVERY STOP
     [ "$left" -ge 5 ] || { echo "past UNTIL=$UNTIL: stopping before $out"; exit 0; }
     if [ -z "$maxmin" ] || [ "$left" -lt "$maxmin" ]; then maxmin=$left; fi
   fi
-  local resume=()
-  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest); fi
+  local resume=() wip=checkpoints/wip/$(basename "$out")_last.safetensors
+  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
+  elif [ -f "$wip" ]; then init=$wip; resume=(--continue-schedule)  # runs/ is gone: go on from the committed slim weights
+  fi
   python $CODE/train_diffusion.py --config configs/ct_regress_cpu.yaml --out "$out" --init "$init" \
       --data-root ../shared/data --set train.lr=2e-4 --set train.warmup_steps=20 --set train.max_steps="$steps" \
       --set train.val_every="$every" --max-steps "$stop" ${maxmin:+--max-minutes $maxmin} "${resume[@]}"
   [ -f "$out/checkpoints/step_$(printf %07d "$stop").pt" ] || { echo "$out stopped before step $stop: rerun"; exit 0; }
 }
-stage runs/ct_regress_eq_a checkpoints/ct_inpaint_regressor.safetensors 640 160 640
+[ -f checkpoints/wip/ct_regress_eq_b_last.safetensors ] ||  # stage a is done when stage b has slim weights
+  stage runs/ct_regress_eq_a checkpoints/ct_inpaint_regressor.safetensors 640 160 640
 stage runs/ct_regress_eq_b runs/ct_regress_eq_a/last.safetensors 3200 400 2989
 # Issue 14.1's table: one harness, all 530 validation slices, then the 106-slice subset (same per-case seeds, so the
 # same predictions): the release's default against the regressor at 2,900 steps and at equal compute (6,529 steps).
