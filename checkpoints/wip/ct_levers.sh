@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14.3, two arms at equal compute from the release (checkpoints/ct_inpaint.safetensors), one thread each, side by
+# Issue 14.3, two arms at equal compute from the release (checkpoints/ct_inpaint_diffusion.safetensors), one thread each, side by
 # side: the release continued on 128 crops (batch 16), and a final stage on whole 256x256 slices (batch 4: the same
 # pixels per step). Both: the release's stage-3 recipe (timestep_power 0.15) at a lower learning rate, 10 training
 # patients held out as calibration patients (in-training validation and the checkpoint choice there, never on the
@@ -14,7 +14,7 @@ maxmin=()
 [ -z "${UNTIL:-}" ] || maxmin=(--max-minutes $(( ($(date -d "$UNTIL" +%s) - $(date +%s)) / 60 )))
 arm() {  # arm OUT [--set ...]
   local out=$1; shift
-  local resume=() init=checkpoints/ct_inpaint.safetensors wip=checkpoints/wip/$(basename "$out")_last.safetensors
+  local resume=() init=checkpoints/ct_inpaint_diffusion.safetensors wip=checkpoints/wip/$(basename "$out")_last.safetensors
   if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
   elif [ -f "$wip" ]; then init=$wip; resume=(--continue-schedule)  # runs/ is gone: go on from the committed slim weights
   fi

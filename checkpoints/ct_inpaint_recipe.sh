@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Issue 14.1: the regressor continued for the diffusion stage's 3,629 steps, same schedule and crops:
+# The CT release since 2026-12-01 (checkpoints/ct_inpaint.safetensors, model card checkpoints/ct_inpaint.md), issue
+# 14.1: the regressor baseline (checkpoints/ct_inpaint_regressor.safetensors, 2,900 steps) continued for the diffusion
+# stage's 3,629 steps, same schedule and crops:
 # stage a = 640 steps (cosine, lr 2e-4); stage b = the 3,200-step cosine schedule stopped at step 2,989, as the
 # release's stage 3 was. No checkpoint is chosen: last.safetensors of stage b is what is compared.
 # MAXMIN=N stops each stage after N minutes (with a checkpoint); UNTIL=HH:MM (today) stops the whole recipe by then. Resumable: rerun the script; a finished stage is skipped, an interrupted one goes on from its latest state.
 set -e
-cd /work/main && . .venv/bin/activate
+cd "$(dirname "$0")/.." && . .venv/bin/activate
 CODE=/tmp/regress_code   # a copy of the code, so that edits in the work tree do not reach a running job
 [ -d $CODE ] || { mkdir -p $CODE && git archive HEAD | tar -x -C $CODE; }
 stage() {  # stage OUT INIT MAX_STEPS VAL_EVERY STOP
@@ -25,7 +27,7 @@ stage() {  # stage OUT INIT MAX_STEPS VAL_EVERY STOP
       --set train.val_every="$every" --max-steps "$stop" ${maxmin:+--max-minutes $maxmin} "${resume[@]}"
   [ -f "$out/checkpoints/step_$(printf %07d "$stop").pt" ] || { echo "$out stopped before step $stop: rerun"; exit 0; }
 }
-[ -f checkpoints/wip/ct_regress_eq_b_last.safetensors ] ||  # stage a is done when stage b has slim weights
+[ -f runs/ct_regress_eq_b/checkpoints/step_0002989.pt ] ||  # stage a is needed only before stage b
   stage runs/ct_regress_eq_a checkpoints/ct_inpaint_regressor.safetensors 640 160 640
 stage runs/ct_regress_eq_b runs/ct_regress_eq_a/last.safetensors 3200 400 2989
 # Issue 14.1's table: one harness, all 530 validation slices, then the 106-slice subset (same per-case seeds, so the
@@ -33,9 +35,12 @@ stage runs/ct_regress_eq_b runs/ct_regress_eq_a/last.safetensors 3200 400 2989
 for LIMIT in 0 106; do
   python -m eval.compare --task ct --split val --data-root ../shared/data $([ $LIMIT = 0 ] || echo --limit $LIMIT) \
       --out runs/compare_ct_equal_$LIMIT \
-      --variant "name=diffusion warm-started (the release; 2900+3629 steps; DDIM-1 x 8 with flips),checkpoint=checkpoints/ct_inpaint.safetensors" \
+      --variant "name=diffusion warm-started (the release until 2026-12-01; 2900+3629 steps; DDIM-1 x 8 with flips),checkpoint=checkpoints/ct_inpaint_diffusion.safetensors" \
       --variant "name=regressor (2900 steps; flip pair),checkpoint=checkpoints/ct_inpaint_regressor.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
       --variant "name=regressor at equal compute (2900+3629 steps; flip pair),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
       --variant "name=regressor at equal compute (one pass),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=1,flip=0" \
       > runs/compare_ct_equal_$LIMIT.log 2>&1
 done
+# The release: the same weights with the flip pair as the default setting (what the table above scored).
+python -m eval.release --checkpoint runs/ct_regress_eq_b/last.safetensors --out checkpoints/ct_inpaint.safetensors \
+    --set sample.ensemble=2 --set sample.flip=true
