@@ -255,5 +255,6 @@ def test_a_member_does_not_depend_on_the_batch_it_is_sampled_in():
     for spec in (SamplerSpec("ddpm", 3), SamplerSpec("repaint", 4, 2)):
         both = predictor.sample(cond, None, spec, 2, [5, 9], known_x0=known[0], known_mask=known[1])
         alone = predictor.sample(cond[1:], None, spec, 2, [9], known_x0=known[0][1:], known_mask=known[1][1:])
-        assert torch.allclose(both[2:], alone, atol=1e-6)
+        # float rounding differs with the batch size (~1e-6, conv kernels); a batch-dependent noise draw differs by ~1
+        assert torch.allclose(both[2:], alone, atol=1e-4), float((both[2:] - alone).abs().max())
         assert not torch.allclose(both[0], both[1])  # members differ
