@@ -142,6 +142,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.continue_schedule and not args.init:
         raise UserError("--continue-schedule needs --init (the slim checkpoint to go on from)")
+    for name in ("max_steps", "max_minutes"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return args
 
 

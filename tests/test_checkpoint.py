@@ -57,3 +57,16 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_config(tmp_path / "c.yaml")
     assert load_config(REPO / "configs/ct_cpu.yaml")["train"]["mixed_precision"] == "bf16"
     assert set(DEFAULTS) >= {"model", "diffusion", "train", "data", "sample"}
+
+
+def test_train_rejects_a_stop_in_the_past():
+    # a stop time computed from a clock time already past (UNTIL=00:10 at 22:00) gives a negative budget: it must
+    # fail at once, not train one step and report "done"
+    import train_diffusion
+
+    base = ["--config", str(REPO / "configs/ct_tiny.yaml"), "--out", "unused"]
+    with pytest.raises(UserError, match="--max-minutes must be positive, got -5"):
+        train_diffusion.parse_args(base + ["--max-minutes", "-5"])
+    with pytest.raises(UserError, match="--max-steps must be positive"):
+        train_diffusion.parse_args(base + ["--max-steps", "0"])
+    assert train_diffusion.parse_args(base + ["--max-minutes", "0.5"]).max_minutes == 0.5

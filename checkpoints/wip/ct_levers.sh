@@ -13,7 +13,10 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 CODE=/tmp/ct_levers_code
 [ -d $CODE ] || { mkdir -p $CODE && git archive HEAD | tar -x -C $CODE; }
 maxmin=()
-[ -z "${UNTIL:-}" ] || maxmin=(--max-minutes $(( ($(date -d "$UNTIL" +%s) - $(date +%s)) / 60 )))
+if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomorrow
+  stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
+  maxmin=(--max-minutes $(( (stop - $(date +%s)) / 60 )))
+fi
 arm() {  # arm OUT [--set ...]
   local out=$1; shift
   local resume=() init=checkpoints/ct_inpaint.safetensors wip=checkpoints/wip/$(basename "$out")_last.safetensors
