@@ -50,7 +50,7 @@ from diffusion.config import apply_overrides, dump_config, load_config, model_co
 from diffusion.distill import DistillationLoss, EnsembleDistillationLoss, load_teacher, plan_round
 from diffusion.errors import UserError, run_cli
 from diffusion.figures import plot_curves
-from diffusion.inference import build_denoiser
+from diffusion.inference import build_denoiser, fast_bf16
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
 
@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     config = apply_overrides(load_config(args.config), args.set)
     tc = config["train"]
     run = Path(args.out or f"runs/{Path(args.config).stem}")
+    if tc["mixed_precision"] == "bf16" and not fast_bf16("cuda" if torch.cuda.is_available() else "cpu"):
+        tc["mixed_precision"] = "no"  # emulated bf16 is many times slower than fp32; config.yaml records what ran
     # cpu=True without CUDA: several processes started by a launcher (torchrun, or `accelerate launch --multi_gpu`)
     # then form a gloo process group instead of each training alone.
     accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=tc["grad_accum"],
