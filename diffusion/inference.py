@@ -88,7 +88,7 @@ def member_generators(device: torch.device, seeds: list[int], ensemble: int) -> 
 
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has bf16 kernels on this CPU (AVX-512 and up). Without them (an AVX2-only CPU) bf16 autocast
-    is emulated: one training step of configs/ct_regress_cpu.yaml took 145 s instead of 5 in fp32 (README,
+    is emulated: a training step of configs/ct_regress_cpu.yaml took 153 s against 25 s in fp32 (README,
     "Training"). A function of its own so tests can stand in for either kind of CPU."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 

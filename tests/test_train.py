@@ -268,7 +268,7 @@ def test_a_training_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
 
 
 def test_bf16_falls_back_to_fp32_where_it_has_no_fast_kernels(tmp_path, monkeypatch):
-    """On a CPU without bf16 kernels (AVX2 only) emulated bf16 trained 30x slower than fp32: training, validation
+    """On a CPU without bf16 kernels (AVX2 only) emulated bf16 trained 6x slower than fp32: training, validation
     and inference then run in fp32, say so once, and the run's config.yaml records it; where the kernels exist they
     stay in bf16."""
     import warnings
