@@ -51,6 +51,7 @@ from diffusion.distill import DistillationLoss, EnsembleDistillationLoss, load_t
 from diffusion.errors import UserError, run_cli
 from diffusion.figures import plot_curves
 from diffusion.inference import build_denoiser, fast_bf16
+from diffusion.network import grow_into, grown_model_config
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
 
@@ -126,7 +127,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None, help="'latest' or a path to a full-state checkpoint")
     p.add_argument("--init", default=None,
                    help="start from the weights of a slim .safetensors checkpoint (e.g. a released one) with a "
-                        "fresh optimiser: continues training across machines where only slim weights travel")
+                        "fresh optimiser: continues training across machines where only slim weights travel; a "
+                        "config that adds model.attention_levels grows the network, each new block starting as the "
+                        "identity")
     p.add_argument("--continue-schedule", action="store_true",
                    help="with --init: go on with the run the slim checkpoint came from, at its step (saved in it): "
                         "the same learning-rate schedule, data order and random draws; only the optimiser's moments "
@@ -181,9 +184,15 @@ def build_model(config: dict, args, teacher):
         denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
     if args.init and not args.resume:
         state, init_config, _ = load_slim(args.init, expected_task=config["task"])
-        if model_config(init_config) != model_config(config):
-            raise UserError(f"--init {args.init}: its model config differs from {args.config}")
-        denoiser.net.load_state_dict(state)
+        if model_config(init_config) == model_config(config):
+            denoiser.net.load_state_dict(state)
+        elif grown_model_config(model_config(init_config), model_config(config)):
+            added = grow_into(denoiser.net, state)
+            print(f"--init {args.init}: {len(added)} self-attention block(s) added at model.attention_levels "
+                  f"{model_config(config)['attention_levels']}, each starting as the identity")
+        else:
+            raise UserError(f"--init {args.init}: its model config differs from {args.config} (beyond "
+                            f"self-attention added at more model.attention_levels)")
     if config["train"]["channels_last"]:
         denoiser.net.to(memory_format=torch.channels_last)
     return denoiser

@@ -1,6 +1,7 @@
 """Network factory: a diffusers `UNet2DModel` whose channel counts come from the task, not from here."""
 from __future__ import annotations
 
+import torch
 from diffusers import UNet2DModel
 
 
@@ -25,3 +26,30 @@ def build_unet(model_cfg: dict, *, in_channels: int, out_channels: int, num_clas
         dropout=model_cfg.get("dropout", 0.0),
         add_attention=model_cfg.get("mid_attention", True),
     )
+
+
+def grown_model_config(old: dict, new: dict) -> bool:
+    """Whether a network built from model config `new` is one built from `old` with self-attention added at more
+    levels (model.attention_levels a superset, nothing else changed): then `grow_into` can start it from `old`'s
+    weights."""
+    rest = lambda cfg: {k: v for k, v in cfg.items() if k != "attention_levels"}  # noqa: E731
+    return rest(old) == rest(new) and set(old.get("attention_levels", [])) <= set(new.get("attention_levels", []))
+
+
+def grow_into(net: UNet2DModel, state: dict) -> list[str]:
+    """Load `state` into `net`, which may hold self-attention blocks that `state` lacks (`grown_model_config`). Each
+    new block starts as the identity: the blocks are residual (x + out(attn(x))), so zeroing the output projection
+    makes the grown network compute exactly what the checkpoint's did, and training starts where it left off
+    (function-preserving growth). Returns the names of the new blocks."""
+    result = net.load_state_dict(state, strict=False)
+    if result.unexpected_keys or any(".attentions." not in key for key in result.missing_keys):
+        raise ValueError(f"the weights do not fit this network beyond added attention blocks (missing "
+                         f"{[k for k in result.missing_keys if '.attentions.' not in k][:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]})")
+    new = sorted({key.split(".attentions.")[0] + ".attentions." + key.split(".attentions.")[1].split(".")[0]
+                  for key in result.missing_keys})
+    for name in new:
+        projection = net.get_submodule(name).to_out[0]
+        torch.nn.init.zeros_(projection.weight)
+        torch.nn.init.zeros_(projection.bias)
+    return new

@@ -297,3 +297,36 @@ def test_bf16_falls_back_to_fp32_where_it_has_no_fast_kernels(tmp_path, monkeypa
     AcceleratorState._reset_state(reset_partial_state=True)  # later tests start on this machine's precision
     assert ran[True] == ("bf16", True, 0)
     assert ran[False] == ("no", False, 1), ran[False]
+
+
+def test_init_grows_self_attention_as_the_identity(trained_tiny, tmp_path):
+    """--init into a network with self-attention at more levels (issue 14.3's lever): the checkpoint's weights load,
+    each new block starts as the identity, so the grown network computes what the checkpoint's did; a network that
+    differs otherwise is still refused."""
+    import pytest
+
+    from diffusion.errors import UserError
+    from diffusion.inference import build_denoiser
+    from diffusion.network import grow_into
+
+    state, config, _ = load_slim(trained_tiny / "last.safetensors")
+    grown_config = {**config, "model": {**config["model"], "attention_levels": [1]}}
+    old, grown = build_denoiser(config).net.eval(), build_denoiser(grown_config).net.eval()
+    old.load_state_dict(state)
+    added = grow_into(grown, state)
+    assert added == ["down_blocks.1.attentions.0", "up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
+    x = torch.randn(2, old.config.in_channels, 32, 32)
+    t, levels = torch.tensor([0, 700]), torch.tensor([1, 3])
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, class_labels=levels).sample, grown(x, t, class_labels=levels).sample,
+                              atol=1e-5)
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    common = ["--config", TINY, "--data-root", str(tmp_path / "data"), "--init", str(trained_tiny / "last.safetensors"),
+              "--max-steps", "1"]
+    assert train_diffusion.main(common + ["--out", str(tmp_path / "grown"), "--set", "model.attention_levels=[1]"]) == 0
+    assert_one_step_from(trained_tiny / "last.safetensors", tmp_path / "grown")
+    after = torch.load(tmp_path / "grown/checkpoints/step_0000001.pt", weights_only=False)["model"]
+    assert float(after["down_blocks.1.attentions.0.to_out.0.weight"].abs().max()) < 0.05
+    with pytest.raises(UserError, match="model config differs"):
+        train_diffusion.main(common + ["--out", str(tmp_path / "wider"), "--set", "model.block_out_channels=[8,32]"])
