@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CT release since 2026-12-01 (checkpoints/ct_inpaint.safetensors, model card checkpoints/ct_inpaint.md), issue
-# 14.1: the regressor baseline (checkpoints/ct_inpaint_regressor.safetensors, 2,900 steps) continued for the diffusion
+# The CT release (checkpoints/ct_inpaint.safetensors, model card checkpoints/ct_inpaint.md). Issue 14.1 (the release
+# of 2026-12-01): the regressor baseline (checkpoints/ct_inpaint_regressor.safetensors, 2,900 steps) continued for the diffusion
 # stage's 3,629 steps, same schedule and crops:
 # stage a = 640 steps (cosine, lr 2e-4); stage b = the 3,200-step cosine schedule stopped at step 2,989, as the
 # release's stage 3 was. No checkpoint is chosen: last.safetensors of stage b is what is compared.
@@ -41,6 +41,11 @@ for LIMIT in 0 106; do
       --variant "name=regressor at equal compute (one pass),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=1,flip=0" \
       > runs/compare_ct_equal_$LIMIT.log 2>&1
 done
-# The release: the same weights with the flip pair as the default setting (what the table above scored).
-python -m eval.release --checkpoint runs/ct_regress_eq_b/last.safetensors --out checkpoints/ct_inpaint.safetensors \
+# Stage c (issue 14.3, the release since 2026-12-02): 1,000 steps on whole 256x256 slices from stage b's weights, 10
+# calibration patients held out; checkpoints/wip/ct_levers.sh runs it (and, with ARMS="crops whole attn", the other
+# two levers), checkpoints/wip/ct_levers_eval.sh chooses on the calibration patients and scores on validation.
+BASE=runs/ct_regress_eq_b/last.safetensors ARMS=${ARMS:-whole} bash checkpoints/wip/ct_levers.sh
+[ -f runs/ct_reg_whole/checkpoints/step_0001000.pt ] || { echo "runs/ct_reg_whole stopped before step 1000: rerun"; exit 0; }
+# The release: stage c's last weights with the flip pair as the default setting (what the tables scored).
+python -m eval.release --checkpoint runs/ct_reg_whole/last.safetensors --out checkpoints/ct_inpaint.safetensors \
     --set sample.ensemble=2 --set sample.flip=true

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14.3, arms at equal steps from the release (checkpoints/ct_inpaint.safetensors, the regressor at equal
-# compute), side by side: the release continued on 128 crops (batch 16, arm "crops"), a final stage on whole 256x256
-# slices (batch 4: the same pixels per step, arm "whole"), and the crops arm with self-attention added at the deepest
+# Issue 14.3, arms at equal steps from the release of 2026-12-01 (BASE: the regressor at equal compute, since
+# replaced by the whole-slice arm), side by side: it continued on 128 crops (batch 16, arm "crops"), a final stage on
+# whole 256x256 slices (batch 4: the same pixels per step, arm "whole"), and the crops arm with self-attention added at the deepest
 # level (model.attention_levels=[3], each new block starting as the identity, arm "attn"). All: the release's
 # regressor recipe on a fresh 1,000-step cosine at half its stage-b learning rate (1e-4), 10 training patients held
 # out as calibration patients (in-training validation there, never on the 53 validation patients); no checkpoint is
@@ -12,6 +12,8 @@
 # slim weights committed as checkpoints/wip/<arm>_last.safetensors).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
+BASE=${BASE:-runs/ct_inpaint_2026-12-01.safetensors}  # the arms' start: the release of 2026-12-01 (since replaced)
+[ -f "$BASE" ] || { mkdir -p runs && git show 84c61ce:checkpoints/ct_inpaint.safetensors > "$BASE"; }
 CODE=/tmp/ct_levers_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the runs
 [ -d "$CODE" ] || { mkdir -p "$CODE" && git archive HEAD | tar -x -C "$CODE"; }
 maxmin=()
@@ -21,7 +23,7 @@ if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomor
 fi
 arm() {  # arm OUT [--set ...]
   local out=$1; shift
-  local resume=() init=checkpoints/ct_inpaint.safetensors wip=checkpoints/wip/$(basename "$out")_last.safetensors
+  local resume=() init=$BASE wip=checkpoints/wip/$(basename "$out")_last.safetensors
   if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
   elif [ -f "$wip" ]; then init=$wip; resume=(--continue-schedule)  # runs/ is gone: go on from the committed slim weights
   fi

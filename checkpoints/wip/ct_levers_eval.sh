@@ -5,10 +5,12 @@
 # setting (regressor:1, flip pair). Only the val run's numbers are reported. ARMS as in ct_levers.sh.
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
+BASE=${BASE:-runs/ct_inpaint_2026-12-01.safetensors}  # the arms' start: the release of 2026-12-01 (since replaced)
+[ -f "$BASE" ] || { mkdir -p runs && git show 84c61ce:checkpoints/ct_inpaint.safetensors > "$BASE"; }
 pair="sampler=regressor:1,ensemble=2,flip=1"
 declare -A name=([crops]="continued on 128 crops" [whole]="final stage on whole slices"
                  [attn]="128 crops with attention at level 3")
-calib=() val=(--variant "name=the release (6529 steps),checkpoint=checkpoints/ct_inpaint.safetensors")
+calib=() val=(--variant "name=the release (6529 steps),checkpoint=$BASE")
 for a in ${ARMS:-crops whole}; do
   calib+=(--variant "name=${name[$a]} (1000 steps),checkpoint=runs/ct_reg_$a/last.safetensors,$pair")
   val+=(--variant "name=${name[$a]} (+1000 steps),checkpoint=runs/ct_reg_$a/last.safetensors,$pair")
