@@ -8,6 +8,8 @@
 # chosen (last.safetensors is compared).
 # Then checkpoints/wip/ct_levers_eval.sh chooses the arm on the calibration patients and reports it on validation.
 # ARMS="crops whole attn" (default "crops whole") runs those arms side by side, THREADS (default 1) threads each.
+# Arm "more" (started 2026-12-02, across sessions): the release of 2026-12-02 (the whole-slice arm) trained on, whole
+# slices, a 3,000-step cosine from lr 5e-5, until its calibration MAE (metrics.jsonl) stops falling.
 # UNTIL=HH:MM stops them by then (with a checkpoint); resumable: rerun (from runs/, or, when runs/ is gone, from the
 # slim weights committed as checkpoints/wip/<arm>_last.safetensors).
 set -e
@@ -37,7 +39,9 @@ for a in ${ARMS:-crops whole}; do
     crops) arm runs/ct_reg_crops & ;;
     whole) arm runs/ct_reg_whole --set data.crop_size=256 --set train.batch_size=4 & ;;
     attn) arm runs/ct_reg_attn --set "model.attention_levels=[3]" & ;;
-    *) echo "unknown arm $a (crops, whole, attn)" >&2; exit 2 ;;
+    more) BASE=checkpoints/ct_inpaint.safetensors arm runs/ct_reg_more --set data.crop_size=256 \
+            --set train.batch_size=4 --set train.lr=5e-5 --set train.max_steps=3000 & ;;
+    *) echo "unknown arm $a (crops, whole, attn, more)" >&2; exit 2 ;;
   esac
 done
 wait

@@ -10,7 +10,7 @@ BASE=${BASE:-runs/ct_inpaint_2026-12-01.safetensors}  # the arms' start: the rel
 pair="sampler=regressor:1,ensemble=2,flip=1"
 declare -A name=([crops]="continued on 128 crops" [whole]="final stage on whole slices"
                  [attn]="128 crops with attention at level 3")
-calib=() val=(--variant "name=the release (6529 steps),checkpoint=$BASE")
+calib=() val=(--variant "name=the 2026-12-01 release (6529 steps),checkpoint=$BASE")
 for a in ${ARMS:-crops whole}; do
   calib+=(--variant "name=${name[$a]} (1000 steps),checkpoint=runs/ct_reg_$a/last.safetensors,$pair")
   val+=(--variant "name=${name[$a]} (+1000 steps),checkpoint=runs/ct_reg_$a/last.safetensors,$pair")
