@@ -184,12 +184,13 @@ def build_model(config: dict, args, teacher):
         denoiser.net.load_state_dict(teacher.net.state_dict())  # the student starts as the teacher
     if args.init and not args.resume:
         state, init_config, _ = load_slim(args.init, expected_task=config["task"])
-        if model_config(init_config) == model_config(config):
+        old, new = model_config(init_config), model_config(config)
+        if old == new:
             denoiser.net.load_state_dict(state)
-        elif grown_model_config(model_config(init_config), model_config(config)):
+        elif grown_model_config(old, new):
             added = grow_into(denoiser.net, state)
             print(f"--init {args.init}: {len(added)} self-attention block(s) added at model.attention_levels "
-                  f"{model_config(config)['attention_levels']}, each starting as the identity")
+                  f"{new['attention_levels']}, each starting as the identity")
         else:
             raise UserError(f"--init {args.init}: its model config differs from {args.config} (beyond "
                             f"self-attention added at more model.attention_levels)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
 
 
 def build_unet(model_cfg: dict, *, in_channels: int, out_channels: int, num_class_embeds: int | None) -> UNet2DModel:
@@ -32,8 +33,8 @@ def grown_model_config(old: dict, new: dict) -> bool:
     """Whether a network built from model config `new` is one built from `old` with self-attention added at more
     levels (model.attention_levels a superset, nothing else changed): then `grow_into` can start it from `old`'s
     weights."""
-    rest = lambda cfg: {k: v for k, v in cfg.items() if k != "attention_levels"}  # noqa: E731
-    return rest(old) == rest(new) and set(old.get("attention_levels", [])) <= set(new.get("attention_levels", []))
+    same_otherwise = all(old.get(k) == new.get(k) for k in {*old, *new} - {"attention_levels"})
+    return same_otherwise and set(old.get("attention_levels", [])) <= set(new.get("attention_levels", []))
 
 
 def grow_into(net: UNet2DModel, state: dict) -> list[str]:
@@ -46,10 +47,10 @@ def grow_into(net: UNet2DModel, state: dict) -> list[str]:
         raise ValueError(f"the weights do not fit this network beyond added attention blocks (missing "
                          f"{[k for k in result.missing_keys if '.attentions.' not in k][:3]}, unexpected "
                          f"{result.unexpected_keys[:3]})")
-    new = sorted({key.split(".attentions.")[0] + ".attentions." + key.split(".attentions.")[1].split(".")[0]
-                  for key in result.missing_keys})
+    missing = set(result.missing_keys)
+    new = [name for name, module in net.named_modules()
+           if isinstance(module, Attention) and f"{name}.to_out.0.weight" in missing]
     for name in new:
-        projection = net.get_submodule(name).to_out[0]
-        torch.nn.init.zeros_(projection.weight)
-        torch.nn.init.zeros_(projection.bias)
+        torch.nn.init.zeros_(net.get_submodule(name).to_out[0].weight)
+        torch.nn.init.zeros_(net.get_submodule(name).to_out[0].bias)
     return new
