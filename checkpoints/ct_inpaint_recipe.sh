@@ -46,6 +46,11 @@ done
 # two levers), checkpoints/wip/ct_levers_eval.sh chooses on the calibration patients and scores on validation.
 BASE=runs/ct_regress_eq_b/last.safetensors ARMS=${ARMS:-whole} bash checkpoints/wip/ct_levers.sh
 [ -f runs/ct_reg_whole/checkpoints/step_0001000.pt ] || { echo "runs/ct_reg_whole stopped before step 1000: rerun"; exit 0; }
-# The release: stage c's last weights with the flip pair as the default setting (what the tables scored).
-python -m eval.release --checkpoint runs/ct_reg_whole/last.safetensors --out checkpoints/ct_inpaint.safetensors \
+# Stage d (issue 14.3, arm "more", the release since 2026-12-02 evening): 3,000 more steps on whole slices from stage
+# c's last weights, cosine from lr 5e-5, the same 10 calibration patients held out (= `ARMS=more bash
+# checkpoints/wip/ct_levers.sh`, which starts from the stage c release extracted from git unless MORE_BASE is given).
+MORE_BASE=runs/ct_reg_whole/last.safetensors ARMS=more bash checkpoints/wip/ct_levers.sh
+[ -f runs/ct_reg_more/checkpoints/step_0003000.pt ] || { echo "runs/ct_reg_more stopped before step 3000: rerun"; exit 0; }
+# The release: stage d's last weights with the flip pair as the default setting (what the tables scored).
+python -m eval.release --checkpoint runs/ct_reg_more/last.safetensors --out checkpoints/ct_inpaint.safetensors \
     --set sample.ensemble=2 --set sample.flip=true

@@ -8,14 +8,16 @@
 # chosen (last.safetensors is compared).
 # Then checkpoints/wip/ct_levers_eval.sh chooses the arm on the calibration patients and reports it on validation.
 # ARMS="crops whole attn" (default "crops whole") runs those arms side by side, THREADS (default 1) threads each.
-# Arm "more" (started 2026-12-02, across sessions): the release of 2026-12-02 (the whole-slice arm) trained on, whole
-# slices, a 3,000-step cosine from lr 5e-5, until its calibration MAE (metrics.jsonl) stops falling.
+# Arm "more" (2026-12-02, across sessions; the release since): the release of 2026-12-02 morning (the whole-slice arm;
+# MORE_BASE, by default extracted from git) trained on, whole slices, a 3,000-step cosine from lr 5e-5.
 # UNTIL=HH:MM stops them by then (with a checkpoint); resumable: rerun (from runs/, or, when runs/ is gone, from the
 # slim weights committed as checkpoints/wip/<arm>_last.safetensors).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 BASE=${BASE:-runs/ct_inpaint_2026-12-01.safetensors}  # the arms' start: the release of 2026-12-01 (since replaced)
 [ -f "$BASE" ] || { mkdir -p runs && git show 84c61ce:checkpoints/ct_inpaint.safetensors > "$BASE"; }
+MORE_BASE=${MORE_BASE:-runs/ct_inpaint_2026-12-02.safetensors}  # arm "more"'s start: the release of 2026-12-02 (morning)
+[ -f "$MORE_BASE" ] || { mkdir -p runs && git show d8e5ab8:checkpoints/ct_inpaint.safetensors > "$MORE_BASE"; }
 CODE=/tmp/ct_levers_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the runs
 [ -d "$CODE" ] || { mkdir -p "$CODE" && git archive HEAD | tar -x -C "$CODE"; }
 maxmin=()
@@ -39,7 +41,7 @@ for a in ${ARMS:-crops whole}; do
     crops) arm runs/ct_reg_crops & ;;
     whole) arm runs/ct_reg_whole --set data.crop_size=256 --set train.batch_size=4 & ;;
     attn) arm runs/ct_reg_attn --set "model.attention_levels=[3]" & ;;
-    more) BASE=checkpoints/ct_inpaint.safetensors arm runs/ct_reg_more --set data.crop_size=256 \
+    more) BASE=$MORE_BASE arm runs/ct_reg_more --set data.crop_size=256 \
             --set train.batch_size=4 --set train.lr=5e-5 --set train.max_steps=3000 & ;;
     *) echo "unknown arm $a (crops, whole, attn, more)" >&2; exit 2 ;;
   esac
