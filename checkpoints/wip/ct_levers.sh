@@ -15,9 +15,10 @@
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 BASE=${BASE:-runs/ct_inpaint_2026-12-01.safetensors}  # the arms' start: the release of 2026-12-01 (since replaced)
-[ -f "$BASE" ] || { mkdir -p runs && git show 84c61ce:checkpoints/ct_inpaint.safetensors > "$BASE"; }
 MORE_BASE=${MORE_BASE:-runs/ct_inpaint_2026-12-02.safetensors}  # arm "more"'s start: the release of 2026-12-02 (morning)
-[ -f "$MORE_BASE" ] || { mkdir -p runs && git show d8e5ab8:checkpoints/ct_inpaint.safetensors > "$MORE_BASE"; }
+from_git() {  # from_git PATH COMMIT: a former release, extracted once, only for the arms that start from it
+  [ -f "$1" ] || { mkdir -p runs && git show "$2":checkpoints/ct_inpaint.safetensors > "$1.part" && mv "$1.part" "$1"; }
+}
 CODE=/tmp/ct_levers_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the runs
 [ -d "$CODE" ] || { mkdir -p "$CODE" && git archive HEAD | tar -x -C "$CODE"; }
 maxmin=()
@@ -37,6 +38,7 @@ arm() {  # arm OUT [--set ...]
       --set train.val_every=250 --set train.val_slices=40 "${maxmin[@]}" "${resume[@]}" "$@" >> "$out.log" 2>&1
 }
 for a in ${ARMS:-crops whole}; do
+  case $a in more) from_git "$MORE_BASE" d8e5ab8 ;; crops|whole|attn) from_git "$BASE" 84c61ce ;; esac
   case $a in
     crops) arm runs/ct_reg_crops & ;;
     whole) arm runs/ct_reg_whole --set data.crop_size=256 --set train.batch_size=4 & ;;
