@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 28.1, parity: the diffusion model (checkpoints/ct_inpaint_diffusion.safetensors, 6,529 steps on crops) gets
+# the release's stages c and d with the diffusion objective (configs/ct_cpu.yaml, x0-prediction, L1, t = T u^0.15):
+#   stage c (runs/ct_dif_whole): 1,000 steps on whole 256x256 slices, batch 4, cosine from lr 1e-4;
+#   stage d (runs/ct_dif_more):  3,000 steps on whole slices from stage c's last weights, cosine from lr 5e-5;
+# the same 10 calibration patients held out as the release's stages (in-training validation there, never on the 53
+# validation patients), no checkpoint chosen (last.safetensors is compared), as for the regressor.
+# THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; resumable: rerun (from runs/, or when
+# runs/ is gone from the slim weights committed as checkpoints/wip/<stage>_last.safetensors).
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+CODE=/tmp/ct_parity_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the run
+[ -d "$CODE" ] || { mkdir -p "$CODE.part" && git archive HEAD | tar -x -C "$CODE.part" && mv "$CODE.part" "$CODE"; }
+maxmin=()
+if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomorrow
+  stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
+  maxmin=(--max-minutes $(( (stop - $(date +%s)) / 60 )))
+fi
+stage() {  # stage OUT INIT STEPS LR
+  local out=$1 init=$2 steps=$3 lr=$4 resume=() wip=checkpoints/wip/$(basename "$1")_last.safetensors
+  [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
+  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
+  elif [ -f "$wip" ]; then init=$wip; resume=(--continue-schedule)  # runs/ is gone: go on from the committed slim weights
+  fi
+  OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config configs/ct_cpu.yaml --out "$out" \
+      --init "$init" --data-root ../shared/data --set diffusion.timestep_power=0.15 \
+      --set data.calib_patients=10 --set data.crop_size=256 --set train.batch_size=4 --set train.lr="$lr" \
+      --set train.warmup_steps=20 --set train.max_steps="$steps" --set train.val_every=250 \
+      --set train.val_slices=40 "${maxmin[@]}" "${resume[@]}" >> "$out.log" 2>&1
+  [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] || { echo "$out stopped before step $steps: rerun"; exit 0; }
+}
+mkdir -p runs
+stage runs/ct_dif_whole checkpoints/ct_inpaint_diffusion.safetensors 1000 1e-4
+stage runs/ct_dif_more runs/ct_dif_whole/last.safetensors 3000 5e-5
