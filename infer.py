@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import evaluate
-from diffusion.inference import load_predictor, released_for_sampler
+from diffusion.evaluate import add_split_argument, evaluate
+from diffusion.inference import load_predictor, released_for_sampler, resolve_spec
 from diffusion.tasks import get_task, task_names
-from samplers import SAMPLERS, SamplerSpec, parse_spec
+from samplers import SAMPLERS
 
 
 def parse_args(argv=None):
@@ -40,22 +40,10 @@ def parse_args(argv=None):
                    help="odd ensemble members see the mirrored input (default: the checkpoint's sample.flip)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="all", choices=["all", "train", "val", "calib"],
-                   help="restrict to the checkpoint's patient-level split (default: every input)")
+    add_split_argument(p)
     p.add_argument("--include-controls", action="store_true",
                    help="also the task's extra cases (tumor: the healthy controls, whose truth is an empty mask)")
     return p.parse_args(argv)
-
-
-def resolve_spec(model_spec: SamplerSpec, sampler: str | None, steps: int | None, jumps: int | None) -> SamplerSpec:
-    name = sampler or model_spec.name
-    if steps is None:
-        steps = model_spec.steps if name == model_spec.name else {"ddpm": 1000, "ddim": 50, "repaint": 50}.get(name, 1)
-    text = f"{name}:{steps}" + (f"x{jumps or 10}" if name == "repaint" else "")
-    try:
-        return parse_spec(text)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
 
 
 def peak_memory_mb() -> float | None:
@@ -88,6 +76,7 @@ def main(argv=None) -> int:
     metrics = evaluate(predictor, args.data_root, spec, ensemble, split=args.split, limit=args.limit,
                        include_extra=args.include_controls, seed=args.seed, out=out)
     print(metrics.pop("data"), file=sys.stderr)
+    print(metrics["selection"], file=sys.stderr)
     metrics["peak_memory_mb"] = peak_memory_mb()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     summary = {k: v for k, v in metrics.items() if k != "cases"}

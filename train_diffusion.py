@@ -5,12 +5,19 @@
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_more --init checkpoints/ct_inpaint.safetensors
     python train_diffusion.py --config configs/ct_cpu.yaml --out runs/ct_b --init runs/ct_a/last.safetensors \
         --continue-schedule      # the same run on another machine, from its slim weights and saved step
-    accelerate launch --num_processes 4 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
+    accelerate launch --num_processes 4 --mixed_precision bf16 train_diffusion.py --config configs/ct_gpu.yaml --out runs/ct_gpu
     accelerate launch --multi_gpu --num_processes 2 train_diffusion.py --config configs/ct_tiny.yaml --out runs/tiny
     dmiai-train --config configs/ct_cpu.yaml --out runs/ct_cpu      # the same, as the installed console command
 
-The run folder gets: config.yaml (resolved), metrics.jsonl, curves.png, samples/step_*.png,
-checkpoints/step_*.pt (full state, rotated), last.safetensors and best.safetensors (slim EMA, by validation MAE).
+The run folder gets: config.yaml (resolved: what ran), provenance.jsonl (one line per start: the command line, the
+git commit, the versions), metrics.jsonl, curves.png, samples/step_*.png, checkpoints/step_*.pt (full state,
+rotated), last.safetensors and best.safetensors (slim EMA, by validation score); with `train.log_with: tensorboard`
+(or `all`: every tracker accelerate finds installed) also the trackers' files under logs/.
+
+The config is checked before any data is read: a bad value ends in one line naming the key (exit status 2).
+Mixed precision: `accelerate launch --mixed_precision X` and `accelerate config` (which the launcher passes on) win
+over the config's `train.mixed_precision`; run without the launcher, the config decides. One line says which won,
+and on a CPU without bf16 kernels bf16 falls back to fp32 (with a warning); config.yaml records what ran.
 
 On N processes (GPUs, or CPU processes over gloo) `train.batch_size` is the global batch: it must divide by
 N x `train.grad_accum`. The learning-rate schedule counts optimiser steps, whatever N. A run is a function of
@@ -31,7 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -40,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_tensorboard_available, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -151,6 +162,60 @@ def parse_args(argv=None):
     return args
 
 
+def resolve_mixed_precision(configured: str) -> tuple[str, str]:
+    """(the mixed precision to train with, one line saying where it came from). accelerate's launcher puts its
+    `--mixed_precision` (or the `accelerate config` default) into ACCELERATE_MIXED_PRECISION: that wins over the
+    config's `train.mixed_precision`, which decides when the script runs without the launcher."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher and launcher != configured:
+        return launcher, (f"mixed precision: {launcher} (accelerate launch --mixed_precision / accelerate config; "
+                          f"the config's train.mixed_precision {configured} is not used)")
+    return configured, f"mixed precision: {configured} (train.mixed_precision" + \
+        (", as accelerate launch says)" if launcher else ")")
+
+
+def trackers(log_with: str) -> str | list | None:
+    """accelerate's `log_with` for `train.log_with`; a tracker that is not installed is an error now, not later."""
+    if log_with == "none":
+        return None
+    if log_with == "tensorboard" and not is_tensorboard_available():
+        raise UserError("train.log_with=tensorboard: tensorboard is not installed (pip install tensorboard)")
+    return log_with
+
+
+def tracker_config(config: dict) -> dict:
+    """The resolved config flattened to `section.key: scalar` (what trackers store as hyper-parameters)."""
+    flat = {}
+    for section, values in config.items():
+        for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+            name = f"{section}.{key}" if key else section
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def provenance(argv: list[str] | None, accelerator: Accelerator, precision_line: str) -> dict:
+    """What started this run: the command line, the code's git commit (and whether the work tree had changes),
+    the machine and the library versions; one line of provenance.jsonl per start."""
+    import accelerate
+    import diffusers
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *sys.argv] if argv is None
+            else ["train_diffusion.main", *argv], "cwd": os.getcwd(), "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status), "processes": accelerator.num_processes,
+            "device": str(accelerator.device), "mixed_precision": precision_line, "host": platform.node(),
+            "cpu": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "accelerate": accelerate.__version__}
+
+
 def continued_step(path: str, max_steps: int) -> int:
     """The optimiser step a slim checkpoint was saved at (--continue-schedule)."""
     _, _, extra = load_slim(path)
@@ -252,12 +317,15 @@ def main(argv=None) -> int:
     config = apply_overrides(load_config(args.config), args.set)
     tc = config["train"]
     run = Path(args.out or f"runs/{Path(args.config).stem}")
+    tc["mixed_precision"], precision_line = resolve_mixed_precision(tc["mixed_precision"])
     if tc["mixed_precision"] == "bf16" and not fast_bf16("cuda" if torch.cuda.is_available() else "cpu"):
         tc["mixed_precision"] = "no"  # emulated bf16 is many times slower than fp32; config.yaml records what ran
+        precision_line += "; this CPU has no bf16 kernels: fp32"
+    log_with = trackers(tc["log_with"])
     # cpu=True without CUDA: several processes started by a launcher (torchrun, or `accelerate launch --multi_gpu`)
     # then form a gloo process group instead of each training alone.
     accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=tc["grad_accum"],
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run / "logs"))
     main_proc, rank = accelerator.is_main_process, accelerator.process_index
     set_seed(config["seed"])  # the same initial weights on every process
     task = get_task(config["task"], config["data"])
@@ -310,10 +378,15 @@ def main(argv=None) -> int:
     if main_proc:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(config))
+        with open(run / "provenance.jsonl", "a") as handle:
+            handle.write(json.dumps(provenance(argv, accelerator, precision_line)) + "\n")
         print(where)
+        print(precision_line)
         print(f"{data_summary}; {sum(p.numel() for p in denoiser.net.parameters()) / 1e6:.2f}M parameters; "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {per_process}/process")
         print(dump_config(config))
+    if log_with:
+        accelerator.init_trackers(run.name, config=tracker_config(config))
     validator = Validator(task, config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
         if main_proc and val else None
     net = accelerator.unwrap_model(loss_module).denoiser.net
@@ -338,6 +411,7 @@ def main(argv=None) -> int:
         score = validator(data_dir, val, step, run)
         metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
         metrics.flush()
+        accelerator.log({metric_key: score}, step=step)
         if better(score, best_score):
             best_score = score
             save_slim(run / "best.safetensors", validator.net.state_dict(), config, {"step": step, metric_key: score})
@@ -380,6 +454,7 @@ def main(argv=None) -> int:
                            "images_per_s": seen / (now - last_log), "elapsed_s": now - start}
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
+                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
                     seen, last_log = 0, now
                 # one decision for every process: the main process's clock, shared through accelerate's trigger

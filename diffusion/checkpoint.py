@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from diffusion.config import fill_defaults
 from diffusion.errors import CheckpointError
 
 _STEP = re.compile(r"^step_(\d+)\.pt$")
@@ -85,7 +86,7 @@ def read_slim_config(path: str | Path, expected_task: str | None = None) -> tupl
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
     if "config" not in metadata:
         raise CheckpointError(f"checkpoint {path} has no config in its metadata (not a slim checkpoint of this repository)")
-    config = json.loads(metadata["config"])
+    config = fill_defaults(json.loads(metadata["config"]))  # keys added since it was written get their defaults
     if expected_task is not None and config.get("task") != expected_task:
         raise CheckpointError(f"checkpoint {path} is for task {config.get('task')!r}, not {expected_task!r}")
     return config, json.loads(metadata.get("extra", "{}"))
@@ -99,3 +100,23 @@ def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, extra
+
+
+MEMBER_PREFIX = "member{}."  # the weights of network k of a several-network checkpoint (a fold ensemble)
+
+
+def member_states(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The state dicts of the networks a slim checkpoint holds: one, or several stored as `member<k>.<name>`."""
+    if not any(key.startswith(MEMBER_PREFIX.format(0)) for key in state):
+        return [state]
+    members = []
+    while any(key.startswith(prefix := MEMBER_PREFIX.format(len(members))) for key in state):
+        members.append({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
+    if sum(map(len, members)) != len(state):
+        raise CheckpointError(f"a several-network checkpoint holds keys outside member0..member{len(members) - 1}")
+    return members
+
+
+def ensemble_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Several networks' state dicts (one config) as one slim checkpoint's (`member_states` reads it back)."""
+    return {MEMBER_PREFIX.format(k) + key: value for k, state in enumerate(states) for key, value in state.items()}

@@ -5,13 +5,15 @@ the clean target x0 whatever it was trained to predict (epsilon, v or x0 itself)
 """
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-OBJECTIVES = ("diffusion", "regress")
-LOSSES = ("l1", "l2", "bce_dice")
+from diffusion.config import Loss, Objective, PredictionType
+
+PREDICTION_TYPES, OBJECTIVES, LOSSES = get_args(PredictionType), get_args(Objective), get_args(Loss)
 
 
 def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from diffusion.data.split import split_cases, validation_subset
+from diffusion.data.split import split_by_config, validation_subset
 from diffusion.errors import UserError
 from diffusion.figures import plot_cases, plot_reliability
 from diffusion.inference import Predictor, case_seed
@@ -17,19 +17,46 @@ from diffusion.tasks import Case, Task
 from samplers import SamplerSpec
 
 OVERVIEW_CASES = 4
+SPLITS = ("all", "train", "val", "calib")
+SPLIT_HELP = ("which cases of the data root: all (the default in every tool: a folder of new patients is scored "
+              "whole), or one side of the checkpoint's patient-level split: train, val, or calib (the training "
+              "patients held out to choose settings on)")
+
+
+def add_split_argument(parser, default: str | None = "all") -> None:
+    """`--split` with one meaning and one default in every entry point (eval.calibrate asks for it explicitly)."""
+    parser.add_argument("--split", default=default, required=default is None, choices=SPLITS, help=SPLIT_HELP)
 
 
 def select_cases(task: Task, root: Path, split_config: dict | None, split: str = "all", limit: int | None = None,
-                 include_extra: bool = False) -> list[Case]:
-    """The cases of a data root on one side of a checkpoint's patient-level split (`split_config`: its `data`
-    section). With `split="val"` and a limit, the cases are spread over as many patients as possible."""
-    cases = task.list_cases(root, include_extra)
+                 include_extra: bool = False, whose: str = "the checkpoint") -> tuple[list[Case], str]:
+    """(the cases of a data root on one side of a checkpoint's patient-level split, one line saying how many of how
+    many were selected and why). `split_config`: the checkpoint's `data` section. With `split="val"` and a limit,
+    the cases are spread over as many patients as possible."""
+    found = task.list_cases(root, include_extra)
+    cases = found
+    why = ["split all: every case"]
     if split != "all":
-        cases = split_cases(cases, split_config["val_patients"], split_config["split_seed"], split,
-                            split_config.get("calib_patients", 0))
+        calib = split_config.get("calib_patients", 0)
+        cases = split_by_config(found, split_config, split)
+        folds = split_config.get("folds", 0)
+        held = (f"fold {split_config.get('fold', 0)} of {folds}" if folds
+                else f"{split_config['val_patients']} validation patients")
+        why = [f"split {split}: the {split} side of {whose}'s patient-level split (seed {split_config['split_seed']}, "
+               f"{held}, {calib} calibration patients)"]
     if limit and split == "val":
         cases = [cases[i] for i in validation_subset([c.patient for c in cases], limit)]
-    return cases[:limit] if limit else cases
+    if limit and len(cases) > limit:
+        why.append(f"--limit {limit}")
+    cases = cases[:limit] if limit else cases
+    if task.extra_name and not include_extra:
+        extra = len(task.list_cases(root, True)) - len(found)
+        if extra:
+            why.append(f"{extra} {task.extra_name}s not included (--include-controls)")
+    patients = len({c.patient for c in cases})
+    line = (f"selected {len(cases)} of {len(found)} {task.name} cases ({patients} of "
+            f"{len({c.patient for c in found})} patients) in {root}: {'; '.join(why)}")
+    return cases, line
 
 
 def scored_records(task: Task, records: list[dict]) -> list[dict]:
@@ -118,9 +145,10 @@ def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, 
     and eval.ablate. `split` refers to the checkpoint's own patient-level split."""
     task = predictor.task
     root, where = task.resolve_root(data_root)
-    cases = select_cases(task, root, predictor.config["data"], split, limit, include_extra)
+    cases, selection = select_cases(task, root, predictor.config["data"], split, limit, include_extra,
+                                    whose=str(predictor.checkpoint or "the model"))
     if not cases:
         raise UserError(f"{root}: no {task.name} cases on the '{split}' side of {predictor.checkpoint}'s split"
                         + (" (it was trained without calibration patients)" if split == "calib" else ""))
     metrics = run_cases(task, predictor, root, cases, spec, ensemble, seed=seed, out=out, progress=progress)
-    return {**metrics, "split": split, "data": where}
+    return {**metrics, "split": split, "selection": selection, "data": where}

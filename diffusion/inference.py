@@ -12,30 +12,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 
-from diffusion.checkpoint import load_slim, read_slim_config
+from diffusion.checkpoint import load_slim, member_states, read_slim_config
 from diffusion.config import DEFAULTS
 from diffusion.denoiser import Denoiser
-from diffusion.errors import UserError
+from diffusion.errors import CheckpointError, UserError
 from diffusion.network import build_unet
 from diffusion.tasks import get_task
-from samplers import SAMPLERS, SamplerSpec, spaced_timesteps
+from samplers import SAMPLERS, SamplerSpec, parse_spec, spaced_timesteps
 from samplers.ensemble import sample_noise
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def released_checkpoint(task) -> Path:
-    """The released checkpoint of a task (a name or a task object) in checkpoints/."""
+RELEASES = REPO / "checkpoints"  # the released checkpoints: package data, beside the code in any install
+
+
+def released_checkpoint(task, required: bool = True) -> Path:
+    """The released checkpoint of a task (a name or a task object) in checkpoints/; with `required`, a clear error
+    when this install does not hold it."""
     task = get_task(task) if isinstance(task, str) else task
-    return REPO / "checkpoints" / task.released
+    path = RELEASES / task.released
+    if required and not path.is_file():
+        raise CheckpointError(f"the released {task.name} checkpoint {task.released} is not in {RELEASES} (this install "
+                              f"has no released weights): pass --checkpoint PATH to a slim .safetensors checkpoint")
+    return path
 
 
 def other_released(task, folder: Path | None = None) -> list[Path]:
     """The task's other released checkpoints beside its main one (`<stem>_*.safetensors`: the distilled student,
     the regressor baseline, ...), sorted by name."""
-    released = released_checkpoint(task)
+    released = released_checkpoint(task, required=False)
     folder = folder or released.parent
     return sorted(folder.glob(f"{released.stem}_*.safetensors"))
 
@@ -54,13 +62,32 @@ def released_for_sampler(task, sampler: str | None, folder: Path | None = None) 
     regressor` -> the regressor baseline, `--sampler ddim` on a task whose release is a regressor -> its diffusion
     model). Reads only the checkpoints' metadata."""
     task = get_task(task) if isinstance(task, str) else task
-    main = (folder or released_checkpoint(task).parent) / task.released
+    main = folder / task.released if folder else released_checkpoint(task)  # a clear error when not installed
     if sampler is None or not main.is_file():
         return main
     for path in [main, *other_released(task, folder)]:
         if runs_sampler(read_slim_config(path, task.name)[0], sampler):
             return path
     return main  # Predictor.check_spec says why it cannot run the sampler
+
+
+SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "repaint": 50}  # steps of a sampler asked for by name alone
+
+
+def resolve_spec(model_spec: SamplerSpec, sampler: str | None = None, steps: int | None = None,
+                 jumps: int | None = None) -> SamplerSpec:
+    """The sampler spec of a run: the checkpoint's default (`model_spec`) with the sampler, steps and RePaint jumps
+    a user asked for (a sampler named alone takes its usual steps, `SAMPLER_STEPS`). UserError when it is not one."""
+    name = sampler or model_spec.name
+    if steps is None:
+        steps = model_spec.steps if name == model_spec.name else SAMPLER_STEPS.get(name, 1)
+    if jumps is None:
+        jumps = model_spec.jumps if name == model_spec.name == "repaint" else DEFAULTS["sample"]["jumps"]
+    text = f"{name}:{steps}" + (f"x{jumps}" if name == "repaint" else "")
+    try:
+        return parse_spec(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def build_denoiser(config: dict) -> Denoiser:
@@ -81,9 +108,11 @@ def case_seed(case_id: str, seed: int = 0) -> int:
     return zlib.crc32(case_id.encode()) + 100003 * seed
 
 
-def member_generators(device: torch.device, seeds: list[int], ensemble: int) -> list[torch.Generator]:
-    """One generator per ensemble member (input-major) for the noise a sampler draws after the start."""
-    return [torch.Generator(device).manual_seed((s * 1000 + e) * 7919 + 1) for s in seeds for e in range(ensemble)]
+def member_generators(device: torch.device, seeds: list[int], ensemble: int, first: int = 0) -> list[torch.Generator]:
+    """One generator per ensemble member (input-major; members `first`..`first + ensemble - 1`) for the noise a
+    sampler draws after the start."""
+    return [torch.Generator(device).manual_seed((s * 1000 + e) * 7919 + 1) for s in seeds
+            for e in range(first, first + ensemble)]
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -125,16 +154,21 @@ class Prediction:
 
 
 class Predictor:
-    """A slim checkpoint's denoiser ready to sample; subclasses turn task inputs into a condition and back."""
+    """A slim checkpoint's denoiser ready to sample; subclasses turn task inputs into a condition and back.
+
+    A checkpoint may hold several networks of one config (a fold ensemble, `member_states`): then every input gets
+    `ensemble` members from each of them (input-major, model by model), and the reduction sees them all."""
 
     task_name = ""
 
-    def __init__(self, denoiser: Denoiser, config: dict, device: str | torch.device = "cpu", bf16: bool = True,
-                 checkpoint: str | None = None):
+    def __init__(self, denoiser: Denoiser | list[Denoiser], config: dict, device: str | torch.device = "cpu",
+                 bf16: bool = True, checkpoint: str | None = None):
         self.device = torch.device(device)
-        self.denoiser = denoiser.to(self.device).eval()
+        self.models = [d.to(self.device).eval() for d in (denoiser if isinstance(denoiser, list) else [denoiser])]
         if self.device.type == "cpu":
-            self.denoiser.net.to(memory_format=torch.channels_last)
+            for d in self.models:
+                d.net.to(memory_format=torch.channels_last)
+        self.denoiser = self.models[0]
         self.config = config
         self.task = get_task(config["task"], config.get("data"))  # the options the model was trained with
         self.bf16 = fast_bf16(self.device, bf16)
@@ -145,9 +179,15 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True):
         path = Path(path) if path is not None else released_checkpoint(cls.task_name)
         state, config, _ = load_slim(path, expected_task=cls.task_name)
-        denoiser = build_denoiser(config)
-        denoiser.net.load_state_dict(state)
-        return cls(denoiser, config, device=device, bf16=bf16, checkpoint=str(path))
+        models = []
+        for member in member_states(state):
+            models.append(build_denoiser(config))
+            models[-1].net.load_state_dict(member)
+        return cls(models, config, device=device, bf16=bf16, checkpoint=str(path))
+
+    def members(self, ensemble: int) -> int:
+        """The members an input gets for an `ensemble` setting: `ensemble` from each network."""
+        return ensemble * len(self.models)
 
     def with_sample(self, **settings) -> Predictor:
         """The same network with other inference settings (any key of the config's `sample` section: sampler,
@@ -196,19 +236,23 @@ class Predictor:
             return torch.where(flipped, t.flip(-1), t) if flip and spatial else t
 
         cond_e = rep(cond)
-        noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
-                             [s * 1000 + e for s in seeds for e in range(ensemble)]).to(self.device)
         known = None if known_x0 is None else {"x0": rep(known_x0), "mask": rep(known_mask)}
-        generator = member_generators(self.device, seeds, ensemble)
-        timesteps = spaced_timesteps(self.denoiser.num_train_timesteps, spec.steps)
-        with autocast_for(self.device, self.bf16):
-            x0 = SAMPLERS[spec.name](self.denoiser, noise, timesteps,
-                                     extra_args={"cond": cond_e, "class_labels": rep(labels, spatial=False)},
-                                     known=known, generator=generator, callback=callback, **spec.knobs())
-        x0 = x0.float()
-        if flip:  # odd members saw the mirrored input: mirror their answer back
-            x0 = torch.where(flipped, x0.flip(-1), x0)
-        return x0.cpu()
+        outputs = []
+        for m, model in enumerate(self.models):  # network m's members are numbered m * ensemble + e
+            members = [m * ensemble + e for e in range(ensemble)]
+            noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
+                                 [s * 1000 + e for s in seeds for e in members]).to(self.device)
+            generator = member_generators(self.device, seeds, ensemble, first=m * ensemble)
+            timesteps = spaced_timesteps(model.num_train_timesteps, spec.steps)
+            with autocast_for(self.device, self.bf16):
+                x0 = SAMPLERS[spec.name](model, noise, timesteps,
+                                         extra_args={"cond": cond_e, "class_labels": rep(labels, spatial=False)},
+                                         known=known, generator=generator, callback=callback, **spec.knobs())
+            x0 = x0.float()
+            if flip:  # odd members saw the mirrored input: mirror their answer back
+                x0 = torch.where(flipped, x0.flip(-1), x0)
+            outputs.append(rearrange(x0.cpu(), "(n e) ... -> n e ...", e=ensemble))
+        return rearrange(torch.cat(outputs, 1), "n e ... -> (n e) ...")
 
     def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
                     seed: int = 0, callback=None) -> Prediction:

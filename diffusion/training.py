@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.checkpoint import round_to_slim
-from diffusion.data.split import split_cases, validation_subset
+from diffusion.data.split import split_by_config, validation_subset
 from diffusion.evaluate import run_cases
 from diffusion.inference import build_denoiser
 from diffusion.tasks import Case, Task
@@ -21,11 +21,11 @@ def load_training_data(task: Task, config: dict, data_root, progress: bool):
     dc, tc = config["data"], config["train"]
     root, where = task.resolve_root(data_root)
     cases = task.list_cases(root, include_extra=dc["controls"])
-    train_cases = split_cases(cases, dc["val_patients"], dc["split_seed"], "train", dc["calib_patients"])
+    train_cases = split_by_config(cases, dc, "train")
     # with calibration patients, in-training validation (and so best.safetensors) is chosen on them, never on the
     # validation patients whose score is reported
     watched = "calib" if dc["calib_patients"] else "val"
-    val_cases = split_cases(cases, dc["val_patients"], dc["split_seed"], watched, dc["calib_patients"])
+    val_cases = split_by_config(cases, dc, watched)
     train_set = task.training_dataset(root, train_cases, config, progress)
     val = [val_cases[i] for i in validation_subset([c.patient for c in val_cases], tc["val_slices"])]
     summary = (f"train {len(train_cases)} / {watched} {len(val_cases)} cases "

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import evaluate
+from diffusion.evaluate import add_split_argument, evaluate
 from diffusion.inference import Predictor, load_predictor, other_released, released_checkpoint
 from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--samplers", required=True, help="comma-separated NAME:STEPS specs (repaint: STEPSxJUMPS)")
     p.add_argument("--ensemble", default="1", help="comma-separated ensemble sizes")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--split", default="val", choices=["all", "train", "val", "calib"])
+    add_split_argument(p)
     p.add_argument("--include-controls", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -125,6 +125,8 @@ def main(argv=None) -> int:
         row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
                metric: round(metrics.get(metric, float("nan")), 4),
                "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}
+        if not rows:
+            tqdm.write(metrics["selection"])
         rows.append(row)
         tqdm.write(", ".join(f"{k}={v}" for k, v in row.items()))
         with open(out / "results.csv", "w", newline="") as f:  # rewritten after every setting

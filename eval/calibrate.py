@@ -1,10 +1,11 @@
 """Choose the tumor threshold, the minimum component size and (given several) the checkpoint on calibration
 patients, and store them with the checkpoint. Never on the patients whose score is reported.
 
-    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors --out runs/tumor/calibrated.safetensors
-        # --split calib (default): the checkpoint's calibration patients (data.calib_patients, never trained on)
-    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors runs/tumor/last.safetensors --cross-fit 5 \
-        --out runs/tumor/calibrated.safetensors
+    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors --split calib --out runs/tumor/calibrated.safetensors
+        # --split calib: the checkpoint's calibration patients (data.calib_patients, never trained on); --split has
+        # no default here: the patients a setting is chosen on are always named
+    python -m eval.calibrate --checkpoint runs/tumor/best.safetensors runs/tumor/last.safetensors --split calib \
+        --cross-fit 5 --out runs/tumor/calibrated.safetensors
         # several checkpoints of one run: the checkpoint is one more setting chosen on the calibration patients
     python -m eval.calibrate --checkpoint checkpoints/tumor_seg.safetensors --split val --cross-fit 5 --out X
         # a model trained without calibration patients: an honest estimate by cross-fitting
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from diffusion.checkpoint import load_slim, save_slim
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import select_cases
+from diffusion.evaluate import add_split_argument
 from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
@@ -77,13 +78,15 @@ def describe(index: tuple[int, ...], thresholds=THRESHOLDS, min_sizes=MIN_SIZES)
     return {**({"checkpoint": c[0]} if c else {}), "threshold": float(thresholds[j]), "min_component": int(min_sizes[k])}
 
 
-def cross_fit(table: np.ndarray, folds: int, seed: int = 0, thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
+def cross_fit(table: np.ndarray, folds: int, seed: int = 0, thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
+              fold: np.ndarray | None = None) -> dict:
     """Each image scored with the setting chosen on the folds it is not in. `table`: (images, thresholds, sizes)
-    or (images, checkpoints, thresholds, sizes), in which case the checkpoint is chosen inside each fold too."""
+    or (images, checkpoints, thresholds, sizes), in which case the checkpoint is chosen inside each fold too.
+    `fold`: each image's fold (default: the images dealt into `folds` folds at random, by `seed`)."""
     n = table.shape[0]
     if not 2 <= folds <= n:
         raise UserError(f"--cross-fit {folds}: needs 2..{n} folds for {n} images")
-    fold = np.random.default_rng(seed).permutation(n) % folds
+    fold = np.random.default_rng(seed).permutation(n) % folds if fold is None else np.asarray(fold)
     scores, settings = np.zeros(n), []
     for f in range(folds):
         index, _ = best_cell(table[fold != f])
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, nargs="+", help="one, or several of one run to choose from")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="calib", choices=["all", "train", "val", "calib"])
+    add_split_argument(p, default=None)  # no default: choosing on the wrong patients is the one mistake here
     p.add_argument("--cross-fit", type=int, default=0, metavar="K", help="also the K-fold cross-fitted Dice")
     p.add_argument("--ensemble", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--limit", type=int, default=None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,7 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import run_cases, scored_records, select_cases
+from diffusion.evaluate import add_split_argument, run_cases, scored_records, select_cases
 from diffusion.inference import Predictor, load_predictor, released_checkpoint
 from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task, task_names
@@ -92,9 +93,11 @@ def common_cases(task, root: Path, predictors: list[Predictor], names: list[str]
     """The cases every variant selects; an error when their checkpoints split the patients differently."""
     chosen = None
     for name, predictor in zip(names, predictors):
-        cases = select_cases(task, root, predictor.config["data"], split, limit, extra)
+        cases, line = select_cases(task, root, predictor.config["data"], split, limit, extra,
+                                   whose=str(predictor.checkpoint))
         if chosen is None:
             chosen, first = cases, name
+            print(line, file=sys.stderr)
         elif [c.id for c in cases] != [c.id for c in chosen]:
             raise UserError(f"--split {split}: variants {first!r} and {name!r} select different cases (their "
                             f"checkpoints split the patients differently); compare them with --split all on a "
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", required=True, help="KEY=VALUE,... (repeat; the first is the "
                                                                        "reference of the differences)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="val", choices=["all", "train", "val", "calib"])
+    add_split_argument(p)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--include-controls", action="store_true")
     p.add_argument("--seed", type=int, default=0)

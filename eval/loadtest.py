@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     bodies = request_bodies(task, root, args.cases)
     latencies: list[float] = []
     errors: list[str] = []
+    settings: dict[str, int] = {}  # the X-Sampler header: the setting the server used (degraded ones included)
     lock = threading.Lock()
     stop_at = time.time() + args.seconds
 
@@ -56,12 +57,15 @@ def main(argv=None) -> int:
                 with urllib.request.urlopen(request, timeout=args.timeout) as response:
                     response.read()
                     ok = response.status == 200
+                    used = response.headers.get("X-Sampler", "?")
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 ok, reason = False, f"{type(exc).__name__}: {exc}"
             else:
                 reason = "" if ok else f"HTTP {response.status}"
             with lock:
                 (latencies.append(time.perf_counter() - start) if ok else errors.append(reason))
+                if ok:
+                    settings[used] = settings.get(used, 0) + 1
             i += args.clients
 
     started = time.time()
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
               "errors": len(errors), "throughput_per_s": round(len(latencies) / wall, 3),
               "latency_s": {"p50": round(float(np.percentile(lat, 50)), 3),
                             "p95": round(float(np.percentile(lat, 95)), 3), "max": round(float(lat.max()), 3)},
-              "first_errors": errors[:3]}
+              "settings": settings, "first_errors": errors[:3]}
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))

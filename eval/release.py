@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from diffusion.checkpoint import load_slim, save_slim
-from diffusion.config import DEFAULTS, apply_overrides, deep_update
+from diffusion.config import apply_overrides
 from diffusion.errors import UserError, run_cli
 from diffusion.inference import load_predictor
 
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     if any(not s.startswith("sample.") for s in args.set):
         raise UserError("--set: only sample.* settings may change at release")
     state, config, extra = load_slim(args.checkpoint)
-    config = apply_overrides(deep_update(DEFAULTS, config), args.set)  # keys added since it was trained get defaults
+    config = apply_overrides(config, args.set)  # load_slim filled the keys added since it was trained
     save_slim(Path(args.out), state, config, {**extra, "released_from": str(args.checkpoint)})
     try:  # the default setting must be one this model can run (e.g. a regressor only as regressor:1)
         predictor = load_predictor(config["task"], args.out)

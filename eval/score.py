@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from diffusion.checkpoint import load_slim
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import score_folder, select_cases
+from diffusion.evaluate import add_split_argument, score_folder, select_cases
 from diffusion.inference import released_checkpoint
 from diffusion.tasks import get_task, task_names
 
@@ -28,8 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--pred", required=True, help="folder of predictions in the competition's layout")
     p.add_argument("--data-root", default=None, help="data folder with the truth (default $DMIAI_DATA, ./data, ...)")
-    p.add_argument("--split", default="all", choices=["all", "train", "val", "calib"],
-                   help="only the cases on this side of --checkpoint's patient-level split")
+    add_split_argument(p)
     p.add_argument("--checkpoint", default=None, help="whose split --split means (default: the released one)")
     p.add_argument("--limit", type=int, default=None, help="as infer.py's --limit")
     p.add_argument("--include-controls", action="store_true", help="also the task's extra cases (tumor: controls)")
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
     split_config = None
     if args.split != "all":
         split_config = load_slim(args.checkpoint or released_checkpoint(task), expected_task=task.name)[1]["data"]
-    cases = select_cases(task, root, split_config, args.split, args.limit, args.include_controls)
+    cases, selection = select_cases(task, root, split_config, args.split, args.limit, args.include_controls,
+                                    whose=str(args.checkpoint or "the released checkpoint"))
+    print(selection, file=sys.stderr)
     if not task.has_truth(root, cases):
         raise UserError(f"{root}: the data root has no ground truth to score against")
     result = score_folder(task, pred, root, cases)

@@ -73,3 +73,10 @@ def test_infer_sampler_distilled_runs_the_released_student_at_its_own_setting(ct
     metrics = json.loads((out / "metrics.json").read_text())
     _, config, _ = load_slim(student)
     assert metrics["sampler"].startswith("distilled") and metrics["ensemble"] == config["sample"]["ensemble"]
+
+
+@pytest.mark.parametrize("path", RELEASES, ids=lambda p: p.name)
+def test_release_card_states_the_license_intended_use_and_limits(path):
+    card = path.with_suffix(".md").read_text()
+    assert "| license | MIT" in card and "## Intended use" in card and "## Limits" in card
+    assert (CHECKPOINTS.parent / "LICENSE").read_text().startswith("MIT License")

@@ -88,9 +88,9 @@ def test_config_overrides_and_unknown_keys():
     from diffusion.config import DEFAULTS, apply_overrides
     from diffusion.errors import UserError
 
-    config = apply_overrides(DEFAULTS, ["diffusion.prediction_type=epsilon", "train.lr=1e-3", "model.block_out_channels=[8, 16]"])
+    config = apply_overrides(DEFAULTS, ["diffusion.prediction_type=epsilon", "train.lr=1e-3", "model.block_out_channels=[16, 32]"])
     assert config["diffusion"]["prediction_type"] == "epsilon" and config["train"]["lr"] == 1e-3
-    assert config["model"]["block_out_channels"] == [8, 16] and DEFAULTS["diffusion"]["prediction_type"] == "sample"
+    assert config["model"]["block_out_channels"] == [16, 32] and DEFAULTS["diffusion"]["prediction_type"] == "sample"
     with pytest.raises(UserError, match="unknown key 'diffusion.nope'"):
         apply_overrides(DEFAULTS, ["diffusion.nope=1"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):

@@ -272,7 +272,7 @@ def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_t
 
     with pytest.raises(UserError, match="calib_patients"):
         calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root", str(tumor_root),
-                        "--out", str(tmp_path / "c.safetensors")])
+                        "--split", "calib", "--out", str(tmp_path / "c.safetensors")])
 
 
 def test_the_calibration_split_never_holds_a_reported_or_trained_patient():

@@ -42,9 +42,23 @@ def validation_subset(patients: list[str], n: int) -> list[int]:
     return sorted(chosen)
 
 
-def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_patients: int = 0) -> list:
+def fold_patients(patients: list[str], folds: int, fold: int, seed: int) -> tuple[set[str], set[str]]:
+    """(train patients, validation patients) of fold `fold` of a `folds`-fold cross-validation: the patients in a
+    seeded random order dealt round-robin into the folds, so every patient is validated in exactly one fold and the
+    folds differ in size by at most one."""
+    unique = sorted(set(patients))
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.fold {fold}: must be in 0..{folds - 1} (data.folds {folds})")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    val = {unique[i] for i in order[fold::folds]}
+    return set(unique) - val, val
+
+
+def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_patients: int = 0, folds: int = 0,
+                fold: int = 0) -> list:
     """The one split rule: cases (with `.patient` and `.extra`) on the `which` side ('train' | 'val' | 'calib' |
-    'all'). Patients are split by `split_patients`; `calib_patients` of the training patients are carved out as a
+    'all'). Patients are split by `split_patients` (or, with `folds` > 0, into fold `fold` of a cross-validation:
+    `fold_patients`, and `val_patients` is not used); `calib_patients` of the training patients are carved out as a
     calibration split (never trained on, never reported: thresholds and post-processing are chosen there). Extra
     cases (healthy controls) are never validated or calibrated on: they always train."""
     if which == "all":
@@ -52,8 +66,17 @@ def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_pat
     if which not in ("train", "val", "calib"):
         raise ValueError(f"unknown split {which!r}: train, val, calib or all")
     patients = [c for c in cases if not c.extra]
-    train, val = split_patients([c.patient for c in patients], val_patients, seed)
+    if folds:
+        train, val = fold_patients([c.patient for c in patients], folds, fold, seed)
+    else:
+        train, val = split_patients([c.patient for c in patients], val_patients, seed)
     calib = set(sorted(train)[i] for i in np.random.default_rng(seed + 1).permutation(len(train))[:calib_patients])
     keep = {"train": train - calib, "val": val, "calib": calib}[which]
     chosen = [c for c in patients if c.patient in keep]
     return chosen + ([c for c in cases if c.extra] if which == "train" else [])
+
+
+def split_by_config(cases: list, data_config: dict, which: str) -> list:
+    """`split_cases` with the split a config's `data` section (a checkpoint's, or a run's) describes."""
+    return split_cases(cases, data_config["val_patients"], data_config["split_seed"], which,
+                       data_config.get("calib_patients", 0), data_config.get("folds", 0), data_config.get("fold", 0))

@@ -83,9 +83,10 @@ class CTInpainter(Predictor):
         known = self.task.known(None, cond)
         x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=known["x0"], known_mask=known["mask"],
                          callback=callback)
-        rep = lambda t: repeat(t, "n ... -> (n e) ...", e=ensemble)
+        members = self.members(ensemble)
+        rep = lambda t: repeat(t, "n ... -> (n e) ...", e=members)
         grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))
-        grey = rearrange(grey, "(n e) h w -> n e h w", e=ensemble)
+        grey = rearrange(grey, "(n e) h w -> n e h w", e=members)
         out = []
         for i in range(n):
             reduced, spread = reduce_ensemble(grey[i], "median")

@@ -176,7 +176,9 @@ class TumorTask(Task):
                                 progress=progress, ids=[c.id for c in cases])
         return TumorTrainDataset(data, crop_size=dc["crop_size"], tumor_crop_prob=dc["tumor_crop_prob"],
                                  flip=dc["flip"], seed=config["seed"], control_fraction=dc["control_fraction"],
-                                 intensity_aug=dc.get("intensity_aug", 0.0))
+                                 intensity_aug=dc["intensity_aug"], synthetic_fraction=dc["synthetic_fraction"],
+                                 synthetic_max=dc["synthetic_max"], zoom=dc["zoom"], rotate=dc["rotate"],
+                                 crop_width=dc["crop_width"])
 
     # --- prediction and score ------------------------------------------------------------------------------
     @property

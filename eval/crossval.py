@@ -1,0 +1,130 @@
+"""K-fold cross-validation of tumor segmenters and their fold ensemble (nnU-Net's habit).
+
+    for k in 0 1 2 3 4; do python train_diffusion.py --config configs/tumor_folds_cpu.yaml --out runs/tumor_fold$k \\
+        --set data.fold=$k; done
+    python -m eval.crossval --checkpoint runs/tumor_fold{0,1,2,3,4}/last.safetensors --out runs/tumor_cv \\
+        --release checkpoints/tumor_seg_folds.safetensors
+
+Each fold model (trained with `data.folds: K`, `data.fold: k`) predicts the patients of its own held-out fold, and
+only those: every patient gets one out-of-fold probability map (the model's default ensemble, e.g. the flip pair).
+The threshold and minimum component size are then chosen on out-of-fold predictions only, and scored honestly by
+cross-fitting over the training folds: the patients of fold k are scored with the setting chosen on the other
+folds' patients. That cross-validated Dice (mean over patients, standard error over patients) is the estimate for
+the released setting; the setting chosen on all the out-of-fold predictions is what the release uses.
+
+`--release` writes the fold ensemble: one slim checkpoint holding the K networks (`member<k>.` keys), sampled with
+each model's default ensemble (members = folds x that ensemble), the chosen threshold and component size. It has
+no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
+patients are its check. `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
+and the uncertainty report (error rate of the pixels where the members disagree against the rest).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusion.checkpoint import ensemble_state, load_slim, save_slim
+from diffusion.errors import UserError, run_cli
+from diffusion.evaluate import select_cases
+from diffusion.inference import case_seed, load_predictor
+from diffusion.metrics import patient_mean_se
+from diffusion.tasks import get_task
+from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, cross_fit, describe, dice_table
+
+SPREAD_HIGH = 0.1  # a pixel whose members' probabilities spread more than this is "uncertain"
+
+
+def fold_models(paths: list[str]) -> list[tuple[int, object]]:
+    """(fold, predictor) for every checkpoint; they must be the K folds of one split, each once."""
+    models = []
+    for path in paths:
+        predictor = load_predictor("tumor", path)
+        data = predictor.config["data"]
+        if not data.get("folds"):
+            raise UserError(f"{path}: not a fold model (trained with data.folds 0); train with --set data.folds=K "
+                            f"--set data.fold=k")
+        models.append((int(data["fold"]), predictor))
+    folds = {int(p.config["data"]["folds"]) for _, p in models}
+    seeds = {int(p.config["data"]["split_seed"]) for _, p in models}
+    got = sorted(k for k, _ in models)
+    if len(folds) != 1 or len(seeds) != 1 or got != list(range(folds.pop())):
+        raise UserError(f"--checkpoint: expected folds 0..K-1 of one split (one data.folds, one data.split_seed), "
+                        f"got folds {got}")
+    return sorted(models, key=lambda m: m[0])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, nargs="+", help="the K fold models' slim checkpoints")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
+    p.add_argument("--out", required=True, help="folder for crossval.json")
+    p.add_argument("--release", default=None, help="also write the fold ensemble as this slim checkpoint")
+    args = p.parse_args(argv)
+    task = get_task("tumor")
+    models = fold_models(args.checkpoint)
+    root, where = task.resolve_root(args.data_root)
+    print(where, file=sys.stderr)
+    probabilities, truths, ids, fold_of, high, low = [], [], [], [], [0, 0], [0, 0]
+    for k, predictor in models:
+        cases, line = select_cases(task, root, predictor.config["data"], "val", args.limit,
+                                   whose=str(predictor.checkpoint))
+        print(f"fold {k}: {line}", file=sys.stderr)
+        for case in tqdm(cases, desc=f"fold {k} out-of-fold"):
+            example = task.read_case(root, case, with_truth=True)
+            prediction = predictor.predict_one(example.inputs, seed=case_seed(case.id))
+            probabilities.append(prediction.probability)
+            truths.append(example.truth)
+            ids.append(case.id)
+            fold_of.append(k)
+            wrong = prediction.image.astype(bool) != example.truth.astype(bool)
+            uncertain = prediction.uncertainty > SPREAD_HIGH
+            high[0], high[1] = high[0] + int(wrong[uncertain].sum()), high[1] + int(uncertain.sum())
+            low[0], low[1] = low[0] + int(wrong[~uncertain].sum()), low[1] + int((~uncertain).sum())
+    if len(set(ids)) != len(ids):
+        raise UserError("a patient is in the held-out side of two folds: the checkpoints are not one split's folds")
+    table = dice_table(probabilities, truths)          # (patients, thresholds, sizes)
+    index, pooled = best_cell(table)
+    chosen = describe(index)
+    fitted = cross_fit(table, len(models), fold=np.array(fold_of))
+    untuned = table[:, list(THRESHOLDS).index(0.5), 0]
+    default = [float(m.config["sample"]["threshold"]) for _, m in models]
+    report = {
+        "folds": len(models), "patients": len(ids), "checkpoints": [str(m.checkpoint) for _, m in models],
+        "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
+        "settings_per_fold": fitted["settings"], "chosen": {**chosen, "dice_in_sample": pooled},
+        "untuned_dice": float(untuned.mean()), "untuned_se": patient_mean_se(list(untuned), ids)[1],
+        "fold_thresholds_before": default,
+        "uncertainty": {"spread_over": SPREAD_HIGH, "high_share": high[1] / max(1, high[1] + low[1]),
+                        "high_error_rate": high[0] / max(1, high[1]), "low_error_rate": low[0] / max(1, low[1])},
+        "per_patient": {i: {"fold": f, "dice_untuned": float(d)} for i, f, d in zip(ids, fold_of, untuned)},
+        "sweep": {f"{t}/{m}": float(table[:, j, k].mean()) for j, t in enumerate(THRESHOLDS)
+                  for k, m in enumerate(MIN_SIZES)},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "crossval.json").write_text(json.dumps(report, indent=1))
+    if args.release:
+        loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in models]  # in fold order
+        config = loaded[0][1]
+        config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
+        save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,
+                  {"members": len(loaded), "member_extras": [extra for _, _, extra in loaded],
+                   "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
+                   "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
+        report["release"] = args.release
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "per_patient")}, indent=1))
+    return 0
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

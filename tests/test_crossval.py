@@ -1,0 +1,78 @@
+"""K-fold training and the fold ensemble (issue #27): every patient scored once, by the one fold model that did
+not train on it; settings chosen out of fold; the release holds the fold models as one ensemble."""
+import json
+
+import numpy as np
+import pytest
+
+import train_diffusion
+from diffusion.checkpoint import load_slim, member_states
+from diffusion.data.split import split_by_config
+from diffusion.inference import load_predictor
+from diffusion.tasks import get_task
+from eval import crossval
+from tests.conftest import REPO, write_tumor_layout
+
+TINY = str(REPO / "configs/tumor_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    base = tmp_path_factory.mktemp("folds")
+    write_tumor_layout(base / "data" / "tumor-segmentation", patients=4, controls=2)
+    runs = []
+    for k in range(2):
+        run = base / f"fold{k}"
+        assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root", str(base / "data"),
+                                     "--set", "data.folds=2", "--set", f"data.fold={k}", "--set", "data.synthetic_fraction=0.5",
+                                     "--set", "data.zoom=0.2", "--set", "data.rotate=10",
+                                     "--set", "sample.sampler=regressor", "--set", "sample.steps=1",
+                                     "--set", "diffusion.objective=regress", "--set", "diffusion.loss=bce_dice"]) == 0
+        runs.append(run / "last.safetensors")
+    out = base / "cv"
+    assert crossval.main(["--checkpoint", *map(str, runs), "--data-root", str(base / "data"), "--out", str(out),
+                          "--release", str(base / "ensemble.safetensors")]) == 0
+    return base, runs, json.loads((out / "crossval.json").read_text())
+
+
+def test_every_patient_is_scored_once_by_the_fold_that_did_not_train_on_it(folds):
+    base, runs, report = folds
+    task = get_task("tumor")
+    root = base / "data" / "tumor-segmentation"
+    patients = [c.id for c in task.list_cases(root)]
+    assert sorted(report["per_patient"]) == sorted(patients) and report["patients"] == 4
+    for case_id, row in report["per_patient"].items():
+        config = load_slim(runs[row["fold"]])[1]["data"]
+        trained = {c.patient for c in split_by_config(task.list_cases(root, True), config, "train")}
+        assert case_id not in trained
+
+
+def test_the_cross_validated_setting_is_chosen_on_other_folds(folds):
+    _, _, report = folds
+    assert len(report["settings_per_fold"]) == 2 and 0 <= report["cross_validated_dice"] <= 1
+    assert report["cross_validated_dice"] <= report["chosen"]["dice_in_sample"] + 1e-9  # in-sample is optimistic
+
+
+def test_the_release_is_the_ensemble_of_the_fold_models(folds, tumor_root):
+    base, runs, report = folds
+    state, config, extra = load_slim(base / "ensemble.safetensors")
+    members = member_states(state)
+    assert len(members) == 2 and extra["members"] == 2
+    for member, run in zip(members, runs):
+        own = load_slim(run)[0]
+        assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
+    assert config["sample"]["threshold"] == report["chosen"]["threshold"]
+    predictor = load_predictor("tumor", base / "ensemble.safetensors")
+    image = get_task("tumor").read_case(get_task("tumor").resolve_root(tumor_root)[0],
+                                        get_task("tumor").list_cases(get_task("tumor").resolve_root(tumor_root)[0])[0],
+                                        False).inputs
+    prediction = predictor.predict_one(image, seed=0)
+    assert prediction.image.dtype == np.uint8 and set(np.unique(prediction.image)) <= {0, 255}
+
+
+def test_the_fold_models_must_be_one_splits_folds(folds):
+    from diffusion.errors import UserError
+
+    base, runs, _ = folds
+    with pytest.raises(UserError, match="folds 0..K-1"):
+        crossval.main(["--checkpoint", str(runs[0]), "--data-root", str(base / "data"), "--out", str(base / "x")])
