@@ -21,7 +21,7 @@ from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import add_split_argument, evaluate
 from diffusion.inference import load_predictor, released_for_sampler, resolve_spec
 from diffusion.tasks import get_task, task_names
-from samplers import SAMPLERS
+from samplers import REPAINT_JUMPS, SAMPLERS
 
 
 def parse_args(argv=None):
@@ -34,10 +34,14 @@ def parse_args(argv=None):
                    help="only the first N inputs (with --split val: N inputs spread over the patients)")
     p.add_argument("--sampler", default=None, help=f"one of {', '.join(SAMPLERS)} (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    p.add_argument("--jumps", type=int, default=None, help="RePaint jump_n_sample (default 10)")
+    p.add_argument("--jumps", type=int, default=None, help=f"RePaint jump_n_sample (default {REPAINT_JUMPS})")
     p.add_argument("--ensemble", type=int, default=None, help="samples per input, median-reduced")
     p.add_argument("--flip", default=None, choices=["on", "off"],
                    help="odd ensemble members see the mirrored input (default: the checkpoint's sample.flip)")
+    p.add_argument("--interval", type=float, default=None, metavar="LEVEL",
+                   help="CT: also the per-pixel central LEVEL interval of the ensemble (e.g. 0.8; needs a stochastic "
+                        "sampler and --ensemble > 1 to mean anything): interval_lower/ and interval_upper/ images, "
+                        "and its coverage and width when the data has the truth")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     add_split_argument(p)
@@ -73,8 +77,10 @@ def main(argv=None) -> int:
     if ensemble < 1:
         raise UserError(f"--ensemble must be >= 1, got {ensemble}")
     out = Path(args.out or f"out/{task.name}")
+    if args.interval is not None and not 0 < args.interval < 1:
+        raise UserError(f"--interval {args.interval}: a level in (0, 1), e.g. 0.8")
     metrics = evaluate(predictor, args.data_root, spec, ensemble, split=args.split, limit=args.limit,
-                       include_extra=args.include_controls, seed=args.seed, out=out)
+                       include_extra=args.include_controls, seed=args.seed, out=out, interval=args.interval)
     print(metrics.pop("data"), file=sys.stderr)
     print(metrics["selection"], file=sys.stderr)
     metrics["peak_memory_mb"] = peak_memory_mb()

@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -287,16 +288,76 @@ def load_resume_state(args, config: dict, ckpt_dir: Path) -> dict:
     return state
 
 
-def restore(state: dict, net, ema, optimizer, lr_scheduler, grad_accum: int) -> tuple[int, int, int, int, float]:
-    """Load a full training state; return (step, epoch, batches done in that epoch, micro-batches done, best score)."""
+@dataclass
+class TrainState:
+    """Where a run is, in the names the full-state checkpoint stores: the optimiser step, the epoch, the batches
+    done in that epoch, the micro-batches done (they seed the random draws) and the best validation score so far."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    micro: int = 0
+    best_score: float = math.nan
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict, grad_accum: int) -> None:
+        self.step = state["step"]
+        self.best_score = state.get("best_score", state.get("best_mae"))  # best_mae: before tumor support
+        if "batch" in state:  # where in the epoch the run stopped
+            self.epoch, self.batch, self.micro = state["epoch"], state["batch"], state["micro"]
+        else:  # written before exact resume: the next epoch
+            self.epoch, self.batch, self.micro = state["epoch"] + 1, 0, self.step * grad_accum
+
+
+def restore(state: dict, train: TrainState, net, ema, optimizer, lr_scheduler, grad_accum: int) -> None:
+    """Load a full training state into the network, EMA, optimiser, schedule and `train`."""
     net.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
-    step, best = state["step"], state.get("best_score", state.get("best_mae"))  # best_mae: before tumor support
-    if "batch" in state:  # where in the epoch the run stopped
-        return step, state["epoch"], state["batch"], state["micro"], best
-    return step, state["epoch"] + 1, 0, step * grad_accum, best  # written before exact resume: the next epoch
+    train.load_state_dict(state, grad_accum)
+
+
+def continue_schedule(train: TrainState, args, tc: dict, lr_scheduler, ema) -> None:
+    """--continue-schedule: the step saved in the slim weights, its schedule position, data position and EMA decay."""
+    train.step = continued_step(args.init, tc["max_steps"])
+    train.micro = train.step * tc["grad_accum"]
+    with warnings.catch_warnings():  # stepping the schedule before any optimiser step is what is meant here
+        warnings.simplefilter("ignore")
+        for _ in range(train.step):
+            lr_scheduler.step()
+    ema.optimization_step = train.step  # the EMA decay goes on where it was (its warm-up is over)
+
+
+def ema_weights(ema, target: torch.nn.Module) -> dict:
+    """The EMA weights, as the state dict of `target` (a network of the run's config)."""
+    ema.copy_to(target.parameters())
+    return target.state_dict()
+
+
+def save(run: Path, train: TrainState, net, ema, optimizer, lr_scheduler, config: dict, target: torch.nn.Module) -> None:
+    """A rotated full state (resume) and the slim EMA weights `last.safetensors` (inference, --init)."""
+    save_full_state(run / "checkpoints", train.step, {
+        "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(), **train.state_dict(), "config": config},
+        keep=config["train"]["keep_checkpoints"])
+    save_slim(run / "last.safetensors", ema_weights(ema, target), config, {"step": train.step})
+
+
+def validate(run: Path, train: TrainState, validator: Validator, ema, data_dir: Path, val: list, config: dict,
+             metric_key: str, higher_is_better: bool) -> dict:
+    """Score the EMA weights on the validation cases as infer.py would; a better score than any before writes
+    best.safetensors. Returns the metrics row."""
+    ema.copy_to(validator.net.parameters())
+    score = validator(data_dir, val, train.step, run)
+    if math.isnan(train.best_score) or (score > train.best_score if higher_is_better else score < train.best_score):
+        train.best_score = score
+        save_slim(run / "best.safetensors", validator.net.state_dict(), config, {"step": train.step, metric_key: score})
+    plot_curves(run / "metrics.jsonl", run / "curves.png")
+    tqdm.write(f"step {train.step}: validation {metric_key[4:]} {score:.3f} (best {train.best_score:.3f})")
+    return {"step": train.step, metric_key: score}
 
 
 def make_loss(config: dict, task, denoiser, teacher, device) -> torch.nn.Module:
@@ -313,6 +374,7 @@ def make_loss(config: dict, task, denoiser, teacher, device) -> torch.nn.Module:
 
 
 def main(argv=None) -> int:
+    # Set-up: the config (checked before anything else), precision, trackers, processes.
     args = parse_args(argv)
     config = apply_overrides(load_config(args.config), args.set)
     tc = config["train"]
@@ -331,10 +393,11 @@ def main(argv=None) -> int:
     task = get_task(config["task"], config["data"])
     per_process = per_process_batch(tc, accelerator.num_processes)
 
+    # Data: the training set and the validation cases, split by patient.
     train_set, data_dir, val, where, data_summary = load_training_data(task, config, args.data_root, main_proc)
     metric_key = f"val_{task.metric}"
-    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
+    # Model: fresh, the teacher's (distillation) or a slim checkpoint's (--init); EMA, optimiser, schedule.
     teacher = None
     if config["distill"]["teacher"]:
         teacher, teacher_config = load_teacher(config, build_denoiser)
@@ -348,33 +411,27 @@ def main(argv=None) -> int:
                                  num_training_steps=tc["max_steps"])
     loader, sampler = make_loader(train_set, per_process, tc, config["seed"])
 
-    step, epoch, batch_in_epoch, micro, best_score = 0, 0, 0, 0, -math.inf if task.higher_is_better else math.inf
-    ckpt_dir = run / "checkpoints"
+    # Resume: a full state (--resume), or the step of slim weights (--continue-schedule).
+    train = TrainState()
     if args.resume:
-        state = load_resume_state(args, config, ckpt_dir)
-        step, epoch, batch_in_epoch, micro, best_score = restore(state, denoiser.net, ema, optimizer, lr_scheduler,
-                                                                 tc["grad_accum"])
+        state = load_resume_state(args, config, run / "checkpoints")
+        restore(state, train, denoiser.net, ema, optimizer, lr_scheduler, tc["grad_accum"])
         if main_proc:
-            print(f"resumed from {state['path']} at step {step}")
+            print(f"resumed from {state['path']} at step {train.step}")
     elif args.continue_schedule:
-        step = continued_step(args.init, tc["max_steps"])
-        micro = step * tc["grad_accum"]
-        with warnings.catch_warnings():  # stepping the schedule before any optimiser step is what is meant here
-            warnings.simplefilter("ignore")
-            for _ in range(step):
-                lr_scheduler.step()
-        ema.optimization_step = step  # the EMA decay goes on where it was (its warm-up is over)
+        continue_schedule(train, args, tc, lr_scheduler, ema)
         if main_proc:
-            print(f"continuing from {args.init} at step {step} (fresh optimiser moments)")
+            print(f"continuing from {args.init} at step {train.step} (fresh optimiser moments)")
     ema.to(accelerator.device)
-
     if tc["compile"]:
         denoiser.net.compile()  # in place: parameter names and checkpoints stay as they are
     loss_module = make_loss(config, task, denoiser, teacher, accelerator.device)
     loss_module, optimizer, loader = accelerator.prepare(loss_module, optimizer, loader)
     if args.continue_schedule and not args.resume:  # where in the data the run was: every epoch has len(loader)
-        epoch, batch_in_epoch = divmod(micro, len(loader))
+        train.epoch, train.batch = divmod(train.micro, len(loader))
+    net = accelerator.unwrap_model(loss_module).denoiser.net
 
+    # Run folder: the resolved config, the provenance line, trackers, the validator (main process only).
     if main_proc:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(config))
@@ -389,48 +446,22 @@ def main(argv=None) -> int:
         accelerator.init_trackers(run.name, config=tracker_config(config))
     validator = Validator(task, config, accelerator.device, bf16=tc["mixed_precision"] == "bf16") \
         if main_proc and val else None
-    net = accelerator.unwrap_model(loss_module).denoiser.net
+    slim_target = validator.net if validator else build_denoiser(config).net  # where the EMA weights are saved from
 
-    def ema_state_dict():
-        target = validator.net if validator else build_denoiser(config).net
-        ema.copy_to(target.parameters())
-        return target.state_dict()
-
-    def write_checkpoints():
-        if not main_proc:
-            return
-        save_full_state(ckpt_dir, step, {
-            "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(), "step": step, "epoch": epoch, "batch": batch_in_epoch,
-            "micro": micro, "best_score": best_score, "config": config}, keep=tc["keep_checkpoints"])
-        save_slim(run / "last.safetensors", ema_state_dict(), config, {"step": step})
-
-    def validate():
-        nonlocal best_score
-        ema.copy_to(validator.net.parameters())
-        score = validator(data_dir, val, step, run)
-        metrics.write(json.dumps({"step": step, metric_key: score}) + "\n")
-        metrics.flush()
-        accelerator.log({metric_key: score}, step=step)
-        if better(score, best_score):
-            best_score = score
-            save_slim(run / "best.safetensors", validator.net.state_dict(), config, {"step": step, metric_key: score})
-        plot_curves(run / "metrics.jsonl", run / "curves.png")
-        tqdm.write(f"step {step}: validation {task.metric} {score:.3f} (best {best_score:.3f})")
-
-    metrics = open(run / "metrics.jsonl", "a") if main_proc else None
+    # Train.
+    metrics = open(run / "metrics.jsonl", "a") if main_proc else None  # noqa: SIM115 (open for the whole loop)
     start, seen, last_log = time.time(), 0, time.time()
     last_step = min(tc["max_steps"], args.max_steps or tc["max_steps"])
-    bar = tqdm(total=last_step, initial=step, disable=not main_proc, desc="training")
-    stop = step >= last_step
+    bar = tqdm(total=last_step, initial=train.step, disable=not main_proc, desc="training")
+    stop = train.step >= last_step
     with StopRequest() as interrupt:
         while not stop:
-            sampler.set_epoch(epoch)
-            loader.set_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
+            sampler.set_epoch(train.epoch)
+            loader.set_epoch(train.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, train.batch) if train.batch else loader
             for batch in epoch_loader:
-                torch.manual_seed(micro_batch_seed(config["seed"], rank, micro))
-                micro, batch_in_epoch = micro + 1, batch_in_epoch + 1
+                torch.manual_seed(micro_batch_seed(config["seed"], rank, train.micro))
+                train.micro, train.batch = train.micro + 1, train.batch + 1
                 with accelerator.accumulate(loss_module):
                     target, cond, labels, weight = task.training_batch(batch)
                     with accelerator.autocast():
@@ -446,37 +477,43 @@ def main(argv=None) -> int:
                 if not accelerator.sync_gradients:
                     continue
                 ema.step(net.parameters())
-                step += 1
+                train.step += 1
                 bar.update(1)
-                if main_proc and step % tc["log_every"] == 0:
+                if main_proc and train.step % tc["log_every"] == 0:
                     now = time.time()
-                    row = {"step": step, "loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0],
+                    row = {"step": train.step, "loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0],
                            "images_per_s": seen / (now - last_log), "elapsed_s": now - start}
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
-                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=train.step)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
                     seen, last_log = 0, now
                 # one decision for every process: the main process's clock, shared through accelerate's trigger
                 out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
                 if interrupt.requested or (main_proc and out_of_time):
                     accelerator.set_trigger()
-                stop = accelerator.check_trigger() or step >= last_step
-                if validator is not None and (step % tc["val_every"] == 0 or stop):
-                    validate()
+                stop = accelerator.check_trigger() or train.step >= last_step
+                if validator is not None and (train.step % tc["val_every"] == 0 or stop):
+                    row = validate(run, train, validator, ema, data_dir, val, config, metric_key,
+                                   task.higher_is_better)
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    accelerator.log({metric_key: row[metric_key]}, step=train.step)
                     last_log = time.time()
-                if step % tc["checkpoint_every"] == 0 or stop:
-                    write_checkpoints()
+                if main_proc and (train.step % tc["checkpoint_every"] == 0 or stop):
+                    save(run, train, net, ema, optimizer, lr_scheduler, config, slim_target)
                 accelerator.wait_for_everyone()
                 if stop:
                     break
             else:
-                epoch, batch_in_epoch = epoch + 1, 0
+                train.epoch, train.batch = train.epoch + 1, 0
+
+    # End.
     bar.close()
     if main_proc:
         metrics.close()
         plot_curves(run / "metrics.jsonl", run / "curves.png")
-        print(f"done at step {step}; run folder {run}"
+        print(f"done at step {train.step}; run folder {run}"
               + (f" (stopped by {interrupt.requested}: go on with --resume latest)" if interrupt.requested else ""))
     accelerator.end_training()
     return 0

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffusion.errors import UserError
+from samplers import REPAINT_JUMPS, parse_spec
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Objective = Literal["diffusion", "regress"]  # regress: the same net as a deterministic regressor (L1, no noise)
@@ -141,7 +142,7 @@ class TrainConfig(_Section):
 class SampleConfig(_Section):                     # default inference settings stored with the checkpoint
     sampler: str = "ddim"
     steps: int = Field(1, ge=1)
-    jumps: int = Field(10, ge=1)                  # repaint: jump_n_sample
+    jumps: int = Field(REPAINT_JUMPS, ge=1)       # repaint: jump_n_sample
     ensemble: int = Field(1, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # tumor: probability threshold, chosen on calibration patients
     min_component: int = Field(0, ge=0)           # tumor: drop predicted components smaller than this (pixels)
@@ -184,8 +185,6 @@ class Config(_Section):
 
 def spec_of(sample: dict):
     """The sampler spec (`samplers.SamplerSpec`) of a config's `sample` section; ValueError when it is not one."""
-    from samplers import parse_spec  # samplers are below diffusion; imported here to keep this module light
-
     sample = SampleConfig.model_construct(**sample)  # the defaults of keys it lacks, without checking it again
     name = sample.sampler
     return parse_spec(f"{name}:{sample.steps}" + (f"x{sample.jumps}" if name == "repaint" else ""))
@@ -212,7 +211,7 @@ def _one_line(exc: ValidationError) -> str:
 def model_config(config: dict) -> dict:
     """A config's `model` section with the defaults of keys added since it was written (e.g. a released
     checkpoint's config from before `attention_head_dim`): two configs build the same network iff these agree."""
-    return {**DEFAULTS["model"], **config.get("model", {})}
+    return fill_defaults(config)["model"]
 
 
 def deep_update(base: dict, update: dict, where: str = "", strict: bool = True, where_file: str = "config") -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 
 from diffusion.checkpoint import load_slim
 from diffusion.errors import UserError
+from samplers.known import alpha_bar, ddim_step, replace_known
 from samplers.schedules import spaced_timesteps
 
 
@@ -24,23 +25,23 @@ def plan_round(config: dict, teacher_config: dict) -> dict:
     `distill.mode: ensemble`: one step, trained towards the teacher's default ensemble (see EnsembleDistillationLoss)."""
     dc = config["distill"]
     if dc["mode"] == "ensemble":
-        if teacher_config.get("diffusion", {}).get("objective", "diffusion") != "diffusion":
+        if teacher_config["diffusion"]["objective"] != "diffusion":
             raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
-        sample = teacher_config.get("sample", {})
+        sample = teacher_config["sample"]
         student = dict(config)
         student["model"] = teacher_config["model"]
         student["diffusion"] = dict(teacher_config["diffusion"])
-        student["distill"] = {**dc, "teacher_steps": int(sample.get("steps", 1)), "student_steps": 1,
-                              "teacher_ensemble": int(sample.get("ensemble", 1)), "teacher_flip": bool(sample.get("flip"))}
+        student["distill"] = {**dc, "teacher_steps": int(sample["steps"]), "student_steps": 1,
+                              "teacher_ensemble": int(sample["ensemble"]), "teacher_flip": bool(sample["flip"])}
         student["sample"] = {**config["sample"], "sampler": "distilled", "steps": 1, "ensemble": 1, "flip": False}
         return student
     if dc["mode"] != "progressive":
         raise UserError(f"distill.mode {dc['mode']!r}: progressive or ensemble")
-    teacher_steps = int(teacher_config.get("distill", {}).get("student_steps") or dc["teacher_steps"])
+    teacher_steps = int(teacher_config["distill"]["student_steps"] or dc["teacher_steps"])
     if teacher_steps < 2 or teacher_steps % 2:
         raise UserError(f"distill.teacher {dc['teacher']}: the teacher samples in {teacher_steps} steps; "
                         f"distillation needs an even number >= 2")
-    if teacher_config.get("diffusion", {}).get("objective", "diffusion") != "diffusion":
+    if teacher_config["diffusion"]["objective"] != "diffusion":
         raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
     student = dict(config)
     student["model"] = teacher_config["model"]
@@ -80,24 +81,16 @@ class DistillationLoss(nn.Module):
         self.teacher.eval()
         return self
 
-    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha, sigma with t = -1 meaning the clean image (1, 0)."""
-        a, s = self.denoiser.alpha_sigma(t.clamp_min(0))
-        clean = (t < 0).view(-1, 1, 1, 1)
-        return torch.where(clean, torch.ones_like(a), a), torch.where(clean, torch.zeros_like(s), s)
-
     @torch.no_grad()
     def teacher_target(self, x_t, t, t_mid, t_next, cond, class_labels, known) -> torch.Tensor:
+        """The teacher's two DDIM steps t -> t_mid -> t_next (the samplers' own step and known-pixel replacement,
+        per-sample timesteps; t_next = -1: the clean image), turned into the x0 target of one student step."""
         x0, eps = self.teacher(x_t, t, cond, class_labels)
-        a, s = self._alpha_sigma(t_mid)
-        x_mid = a * x0 + s * eps
-        if known is not None:
-            noised = a * known["x0"] + s * torch.randn_like(x_mid)
-            x_mid = torch.where(known["mask"] > 0, noised, x_mid)
+        x_mid = replace_known(self.teacher, ddim_step(self.teacher, x0, eps, t_mid), t_mid, known)
         x0, eps = self.teacher(x_mid, t_mid, cond, class_labels)
-        a_n, s_n = self._alpha_sigma(t_next)
-        x_next = a_n * x0 + s_n * eps
-        a_t, s_t = self._alpha_sigma(t)
+        x_next = ddim_step(self.teacher, x0, eps, t_next)
+        abar_t, abar_n = alpha_bar(self.teacher, t), alpha_bar(self.teacher, t_next)
+        a_t, s_t, a_n, s_n = abar_t.sqrt(), (1 - abar_t).sqrt(), abar_n.sqrt(), (1 - abar_n).sqrt()
         ratio = s_n / s_t
         return (x_next - ratio * x_t) / (a_n - ratio * a_t)
 
@@ -133,12 +126,8 @@ class EnsembleDistillationLoss(nn.Module):
         return self
 
     def start(self, shape, t: torch.Tensor, known: dict | None, like: torch.Tensor) -> torch.Tensor:
-        """x at t = T-1: noise, with the known pixels replaced by their noised truth (as the samplers do)."""
-        x = torch.randn(shape, device=like.device, dtype=like.dtype)
-        if known is None:
-            return x
-        a, s = self.denoiser.alpha_sigma(t)
-        return torch.where(known["mask"] > 0, a * known["x0"] + s * torch.randn_like(x), x)
+        """x at t = T-1: noise, with the known pixels replaced by their noised truth (the samplers' replacement)."""
+        return replace_known(self.denoiser, torch.randn(shape, device=like.device, dtype=like.dtype), t, known)
 
     @torch.no_grad()
     def ensemble_target(self, cond, class_labels, known) -> torch.Tensor:

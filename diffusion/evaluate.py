@@ -10,9 +10,10 @@ from tqdm.auto import tqdm
 
 from diffusion.data.split import split_by_config, validation_subset
 from diffusion.errors import UserError
-from diffusion.figures import plot_cases, plot_reliability
-from diffusion.inference import Predictor, case_seed
-from diffusion.metrics import patient_mean_se, timing_summary
+from diffusion.data.images import write_png
+from diffusion.figures import plot_cases, plot_coverage, plot_reliability
+from diffusion.inference import Predictor, case_seed, to_uint8
+from diffusion.metrics import interval_bounds, interval_stats, patient_mean_se, timing_summary
 from diffusion.tasks import Case, Task
 from samplers import SamplerSpec
 
@@ -37,10 +38,10 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     cases = found
     why = ["split all: every case"]
     if split != "all":
-        calib = split_config.get("calib_patients", 0)
+        calib = split_config["calib_patients"]
         cases = split_by_config(found, split_config, split)
-        folds = split_config.get("folds", 0)
-        held = (f"fold {split_config.get('fold', 0)} of {folds}" if folds
+        folds = split_config["folds"]
+        held = (f"fold {split_config['fold']} of {folds}" if folds
                 else f"{split_config['val_patients']} validation patients")
         why = [f"split {split}: the {split} side of {whose}'s patient-level split (seed {split_config['split_seed']}, "
                f"{held}, {calib} calibration patients)"]
@@ -74,13 +75,23 @@ def summarize(task: Task, records: list[dict]) -> dict:
     return {task.metric: mean, f"{task.metric}_se": se}
 
 
+COVERAGE_LEVELS = (0.2, 0.5, 0.8, 0.9, 0.95)  # nominal levels of the interval reliability curve
+
+
 def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
-              seed: int = 0, out: Path | None = None, overview: Path | None = None, progress: bool = True) -> dict:
+              seed: int = 0, out: Path | None = None, overview: Path | None = None, progress: bool = True,
+              interval: float | None = None) -> dict:
     """Predict every case (one at a time, each with its own seed: memory does not grow with the data, and a case's
     answer does not depend on the others), write the predictions in the competition's format under `out`, score
     them when the data has the truth, and draw the first few cases to `overview` (default out/overview.png).
-    Returns the metrics (also written to out/metrics.json)."""
+    `interval` (e.g. 0.8): also the per-pixel central interval of the ensemble, written as interval_lower/ and
+    interval_upper/ images, and, with the truth, its coverage and width over the task's predicted pixels (and the
+    coverage at `COVERAGE_LEVELS`: out/interval.png). Returns the metrics (also written to out/metrics.json)."""
     has_truth = task.has_truth(root, cases)
+    if interval is not None and not task.has_intervals:
+        raise UserError(f"--interval: the {task.name} task has no per-pixel intervals")
+    coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
+        if interval is not None else {}
     records, seconds, rows, titles = [], [], [], []
     totals: dict[str, list[float]] = {}
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
@@ -91,6 +102,17 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
         seconds.append(time.perf_counter() - start)
         if out is not None:
             task.write_prediction(out, case, image)
+        if interval is not None:
+            lower, upper = interval_bounds(prediction.members, interval)
+            if out is not None:
+                for side, bound in (("lower", lower), ("upper", upper)):
+                    write_png(Path(out) / f"interval_{side}" / task.prediction_path(out, case).name, to_uint8(bound))
+            if has_truth:
+                where = task.interval_region(example)
+                for level, totals_ in coverage.items():
+                    for key, value in interval_stats(*interval_bounds(prediction.members, level), example.truth,
+                                                     where).items():
+                        totals_[key] += value
         record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
         if task.extra_name:
             record[task.extra_name] = case.extra
@@ -106,12 +128,21 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             titles.append(case.id + (f" {task.metric.upper()} {record[task.metric]:.2f}" if has_truth else ""))
     metrics = {"task": task.name, "n": len(records), "checkpoint": predictor.checkpoint, "sampler": str(spec),
                "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": predictor.flip_members,
-               **({"threshold": predictor.threshold} if hasattr(predictor, "threshold") else {}),
+               **{key: predictor.config["sample"][key] for key in task.decision_settings},
                "seconds_per_image": timing_summary(seconds)}
     if has_truth:
         metrics.update(summarize(task, records))
         if totals:
             metrics["uncertainty"] = task.uncertainty_summary(totals)
+        if coverage:
+            rate = {level: c["covered"] / max(1, c["pixels"]) for level, c in coverage.items()}
+            metrics["interval"] = {"level": interval, "coverage": rate[interval],
+                                   "mean_width": coverage[interval]["width"] / max(1, coverage[interval]["pixels"]),
+                                   "pixels": coverage[interval]["pixels"],
+                                   "coverage_by_level": {str(level): rate[level] for level in sorted(rate)}}
+            if out is not None:
+                plot_coverage({f"{spec} E={ensemble}": rate}, Path(out) / "interval.png",
+                              f"{task.name}: {len(records)} cases")
     metrics["cases"] = records
     overview = overview or (out / "overview.png" if out is not None else None)
     if overview is not None and rows:
@@ -140,7 +171,7 @@ def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> d
 
 def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, split: str = "all",
              limit: int | None = None, include_extra: bool = False, seed: int = 0, out: Path | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, interval: float | None = None) -> dict:
     """The cases of a data root that (split, limit, extra cases) select, predicted and scored: shared by infer.py
     and eval.ablate. `split` refers to the checkpoint's own patient-level split."""
     task = predictor.task
@@ -150,5 +181,6 @@ def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, 
     if not cases:
         raise UserError(f"{root}: no {task.name} cases on the '{split}' side of {predictor.checkpoint}'s split"
                         + (" (it was trained without calibration patients)" if split == "calib" else ""))
-    metrics = run_cases(task, predictor, root, cases, spec, ensemble, seed=seed, out=out, progress=progress)
+    metrics = run_cases(task, predictor, root, cases, spec, ensemble, seed=seed, out=out, progress=progress,
+                        interval=interval)
     return {**metrics, "split": split, "selection": selection, "data": where}

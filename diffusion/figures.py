@@ -76,3 +76,20 @@ def plot_reliability(reliability: list[dict], out_path: Path, title: str = "") -
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
+
+
+def plot_coverage(curves: dict[str, dict[float, float]], out_path: Path, title: str = "") -> None:
+    """Interval reliability: the empirical coverage of central intervals against their nominal level, one line per
+    setting; a calibrated sampler lies on the diagonal, an over-confident one below it."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    for name, curve in curves.items():
+        levels = sorted(curve)
+        ax.plot(levels, [curve[lv] for lv in levels], marker="o", label=name)
+    ax.set(xlabel="nominal level of the per-pixel interval", ylabel="share of missing body pixels covered",
+           xlim=(0, 1), ylim=(0, 1), title=title or "interval coverage")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

@@ -1,13 +1,13 @@
 """Loading a model for inference and sampling with it: the one code path shared by training-time
-validation, infer.py, eval.ablate and serve.py. The task-specific predictors (`CTInpainter`, `TumorSegmenter`)
-subclass `Predictor` in their task modules."""
+validation, infer.py, eval.ablate and serve.py. One `Predictor` for every task: it loads the checkpoint, builds the
+sampler and the ensemble, and calls the task's two hooks, `encode` (inputs -> condition) and `decode` (members ->
+prediction). Inference depends on the tasks, never the reverse."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,11 @@ import torch
 from einops import rearrange, repeat
 
 from diffusion.checkpoint import load_slim, member_states, read_slim_config
-from diffusion.config import DEFAULTS
+from diffusion.config import DEFAULTS, fill_defaults, spec_of
 from diffusion.denoiser import Denoiser
 from diffusion.errors import CheckpointError, UserError
 from diffusion.network import build_unet
-from diffusion.tasks import get_task
+from diffusion.tasks import Prediction, get_task
 from samplers import SAMPLERS, SamplerSpec, parse_spec, spaced_timesteps
 from samplers.ensemble import sample_noise
 
@@ -52,8 +52,8 @@ def runs_sampler(config: dict, name: str) -> bool:
     """Whether a checkpoint (its config) can run a sampler by name: `distilled` only a distilled student,
     `regressor` only a regressor, and every diffusion sampler only a diffusion model."""
     if name == "distilled":
-        return int(config.get("distill", {}).get("student_steps") or 0) > 0
-    return (name == "regressor") == (config.get("diffusion", {}).get("objective", "diffusion") == "regress")
+        return config["distill"]["student_steps"] > 0
+    return (name == "regressor") == (config["diffusion"]["objective"] == "regress")
 
 
 def released_for_sampler(task, sampler: str | None, folder: Path | None = None) -> Path:
@@ -99,7 +99,7 @@ def build_denoiser(config: dict) -> Denoiser:
     return Denoiser(net, prediction_type=d["prediction_type"], num_train_timesteps=d["num_train_timesteps"],
                     beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
                     null_class=task.null_class, class_dropout=d["class_dropout"],
-                    objective=d.get("objective", "diffusion"))
+                    objective=d["objective"])
 
 
 def case_seed(case_id: str, seed: int = 0) -> int:
@@ -146,20 +146,12 @@ def autocast_for(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-@dataclass
-class Prediction:
-    image: np.ndarray        # CT: (H, W) float grey levels, known pixels kept, 0 outside the body
-    uncertainty: np.ndarray  # (H, W) per-pixel spread across the ensemble (grey levels / probability)
-    probability: np.ndarray | None = None  # tumor: (H, W) mean tumor probability over the ensemble
-
-
 class Predictor:
-    """A slim checkpoint's denoiser ready to sample; subclasses turn task inputs into a condition and back.
+    """A slim checkpoint's denoiser ready to sample; the task (from the checkpoint's config) turns inputs into a
+    condition (`Task.encode`) and the ensemble's members into a prediction (`Task.decode`).
 
     A checkpoint may hold several networks of one config (a fold ensemble, `member_states`): then every input gets
     `ensemble` members from each of them (input-major, model by model), and the reduction sees them all."""
-
-    task_name = ""
 
     def __init__(self, denoiser: Denoiser | list[Denoiser], config: dict, device: str | torch.device = "cpu",
                  bf16: bool = True, checkpoint: str | None = None):
@@ -169,16 +161,21 @@ class Predictor:
             for d in self.models:
                 d.net.to(memory_format=torch.channels_last)
         self.denoiser = self.models[0]
-        self.config = config
-        self.task = get_task(config["task"], config.get("data"))  # the options the model was trained with
+        self.config = config = fill_defaults(config)  # a config from any version, filled once
+        self.task = get_task(config["task"], config["data"])  # the options the model was trained with
         self.bf16 = fast_bf16(self.device, bf16)
         self.checkpoint = checkpoint
-        self.flip_members = bool(config.get("sample", {}).get("flip", False))
+        self.flip_members = bool(config["sample"]["flip"])
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", bf16: bool = True):
-        path = Path(path) if path is not None else released_checkpoint(cls.task_name)
-        state, config, _ = load_slim(path, expected_task=cls.task_name)
+    def from_checkpoint(cls, path: str | Path | None = None, task: str | None = None, device: str = "cpu",
+                        bf16: bool = True) -> Predictor:
+        """The predictor of a slim checkpoint (default: `task`'s released one); with `task`, a checkpoint of
+        another task is a one-line error."""
+        if path is None and task is None:
+            raise UserError("a checkpoint or a task (for its released checkpoint) is needed")
+        path = Path(path) if path is not None else released_checkpoint(task)
+        state, config, _ = load_slim(path, expected_task=task)
         models = []
         for member in member_states(state):
             models.append(build_denoiser(config))
@@ -196,22 +193,22 @@ class Predictor:
         if unknown:
             raise UserError(f"unknown sample setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS['sample'])}")
         other = copy.copy(self)
-        other.config = {**self.config, "sample": {**self.config.get("sample", {}), **settings}}
-        other.flip_members = bool(other.config["sample"].get("flip", False))
+        other.config = {**self.config, "sample": {**self.config["sample"], **settings}}
+        other.flip_members = bool(other.config["sample"]["flip"])
         return other
 
     def default_spec(self) -> tuple[SamplerSpec, int]:
-        s = self.config.get("sample", {})
-        name = s.get("sampler", "ddim")
-        return SamplerSpec(name, int(s.get("steps", 1)), int(s.get("jumps", 10)) if name == "repaint" else 1), \
-            int(s.get("ensemble", 1))
+        try:
+            return spec_of(self.config["sample"]), int(self.config["sample"]["ensemble"])
+        except ValueError as exc:
+            raise UserError(f"{self.checkpoint or 'this model'}: its sample setting is not a sampler ({exc})") from None
 
     def check_spec(self, spec: SamplerSpec) -> None:
         """A distilled student samples only at the step count it was distilled for, the regressor only as
         `regressor:1`, and a regressor checkpoint with nothing else."""
         where = self.checkpoint or "this model"
-        student_steps = int(self.config.get("distill", {}).get("student_steps") or 0)
-        regressor = self.config.get("diffusion", {}).get("objective", "diffusion") == "regress"
+        student_steps = int(self.config["distill"]["student_steps"])
+        regressor = self.config["diffusion"]["objective"] == "regress"
         if spec.name == "distilled" and spec.steps != student_steps:
             raise UserError(f"sampler {spec}: {where} is " + (f"a student distilled for {student_steps} steps"
                             if student_steps else "not a distilled student") + "; train one with configs/*distill*")
@@ -254,15 +251,29 @@ class Predictor:
             outputs.append(rearrange(x0.cpu(), "(n e) ... -> n e ...", e=ensemble))
         return rearrange(torch.cat(outputs, 1), "n e ... -> (n e) ...")
 
+    @torch.no_grad()
     def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
                     seed: int = 0, callback=None) -> Prediction:
-        """One case's inputs (as `Task.read_case` and `Task.parse_request` give them) -> its prediction."""
-        raise NotImplementedError
+        """One case's inputs (as `Task.read_case` and `Task.parse_request` give them) -> its prediction: the
+        checkpoint's default sampler and ensemble unless given; `seed` seeds the members' noise; `callback(state)`
+        after every sampler step (it may raise to stop sampling)."""
+        default_spec, default_ensemble = self.default_spec()
+        spec, ensemble = spec or default_spec, ensemble or default_ensemble
+        encoded = self.task.encode(inputs, self.multiple)
+        known = encoded.known or {}
+        x0 = self.sample(encoded.cond, encoded.labels, spec, ensemble, [seed], known_x0=known.get("x0"),
+                         known_mask=known.get("mask"), callback=callback)
+        return self.task.decode(x0, inputs, self.config["sample"])
+
+    @property
+    def multiple(self) -> int:
+        """The network's spatial multiple: every down-sampling level halves the size."""
+        return 2 ** (len(self.config["model"]["block_out_channels"]) - 1)
 
 
 def load_predictor(task: str, path: str | Path | None = None, device: str = "cpu") -> Predictor:
-    """The task's predictor for a slim checkpoint (default: the task's released one)."""
-    return get_task(task).predictor_class.from_checkpoint(path, device=device)
+    """The predictor of a slim checkpoint of `task` (default: the task's released one)."""
+    return Predictor.from_checkpoint(path, task=task, device=device)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -49,3 +49,19 @@ def patient_mean_se(values, patients) -> tuple[float, float]:
         return mean, float("nan")
     residual = np.array([np.sum(g) for g in groups.values()])
     return mean, float(np.sqrt(p / (p - 1) * np.square(residual).sum()) / values.size)
+
+
+def interval_bounds(members: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central per-pixel `level` interval of an ensemble (E, H, W): its (1 - level) / 2 and (1 + level) / 2
+    quantiles over the members (linear interpolation between order statistics)."""
+    if not 0 < level < 1:
+        raise ValueError(f"interval level {level}: must be in (0, 1)")
+    lower, upper = np.quantile(members, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lower, upper
+
+
+def interval_stats(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, where: np.ndarray) -> dict[str, float]:
+    """Over the pixels `where` (e.g. the missing pixels inside the body): how many there are, how many of them the
+    interval [lower, upper] holds the truth of, and the summed width; add over cases, then divide."""
+    t, lo, hi = truth[where].astype(np.float64), lower[where], upper[where]
+    return {"pixels": int(where.sum()), "covered": int(((t >= lo) & (t <= hi)).sum()), "width": float((hi - lo).sum())}

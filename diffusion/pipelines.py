@@ -108,8 +108,7 @@ class DMIAIPipeline(DiffusionPipeline):
                                 num_train_timesteps=d["num_train_timesteps"], beta_schedule=d["beta_schedule"],
                                 loss=d["loss"], timestep_power=d["timestep_power"], null_class=task.null_class,
                                 class_dropout=d["class_dropout"], objective=d["objective"])
-            self._predictor = task.predictor_class(denoiser, {**config, "diffusion": d}, device=self.device,
-                                                   bf16=bf16)
+            self._predictor = Predictor(denoiser, {**config, "diffusion": d}, device=self.device, bf16=bf16)
         return self._predictor
 
     # --- sampling -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusion.checkpoint import round_to_slim
 from diffusion.data.split import split_by_config, validation_subset
 from diffusion.evaluate import run_cases
-from diffusion.inference import build_denoiser
+from diffusion.inference import Predictor, build_denoiser
 from diffusion.tasks import Case, Task
 
 
@@ -39,7 +39,7 @@ class Validator:
 
     def __init__(self, task: Task, config: dict, device, bf16: bool):
         self.task = task
-        self.predictor = task.predictor_class(build_denoiser(config), config, device=device, bf16=bf16)
+        self.predictor = Predictor(build_denoiser(config), config, device=device, bf16=bf16)
 
     @property
     def net(self):

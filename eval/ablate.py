@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import add_split_argument, evaluate
+from diffusion.figures import plot_coverage
 from diffusion.inference import Predictor, load_predictor, other_released, released_checkpoint
 from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
@@ -102,10 +103,16 @@ def main(argv=None) -> int:
     p.add_argument("--include-controls", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--interval", type=float, default=None, metavar="LEVEL",
+                   help="CT: also the coverage and mean width of each setting's per-pixel central LEVEL interval "
+                        "(columns coverage, mean_width) and every setting's coverage curve (coverage.png)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     metric = get_task(args.task).metric
     columns = ["sampler", "steps", "nfe", "ensemble", metric, "seconds_per_image"]
+    if args.interval is not None:
+        columns += ["coverage", "mean_width"]
+    curves = {}
     specs = parse_list(args.samplers, parse_spec, "samplers")
     ensembles = parse_list(args.ensemble, positive_int, "ensemble")
     main_path = Path(args.checkpoint or released_checkpoint(args.task))
@@ -121,10 +128,15 @@ def main(argv=None) -> int:
     settings = [(s, e) for s in specs for e in ensembles]
     for spec, ens in tqdm(settings, desc="settings"):
         metrics = evaluate(pick_predictor(spec, predictors), args.data_root, spec, ens, split=args.split,
-                           limit=args.limit, include_extra=args.include_controls, seed=args.seed, progress=False)
+                           limit=args.limit, include_extra=args.include_controls, seed=args.seed, progress=False,
+                           interval=args.interval)
         row = {"sampler": str(spec), "steps": spec.steps, "nfe": spec.nfe, "ensemble": ens,
                metric: round(metrics.get(metric, float("nan")), 4),
                "seconds_per_image": round(metrics["seconds_per_image"]["mean"], 4)}
+        if "interval" in metrics:
+            row.update(coverage=round(metrics["interval"]["coverage"], 4),
+                       mean_width=round(metrics["interval"]["mean_width"], 3))
+            curves[f"{spec} E={ens}"] = {float(k): v for k, v in metrics["interval"]["coverage_by_level"].items()}
         if not rows:
             tqdm.write(metrics["selection"])
         rows.append(row)
@@ -134,7 +146,9 @@ def main(argv=None) -> int:
             writer.writeheader()
             writer.writerows(rows)
     plot_pareto(rows, out / "pareto.png", metric)
-    print(f"wrote {out / 'results.csv'} and {out / 'pareto.png'}")
+    if curves:
+        plot_coverage(curves, out / "coverage.png", f"{args.task}: per-pixel interval coverage")
+    print(f"wrote {out / 'results.csv'} and {out / 'pareto.png'}" + (" and coverage.png" if curves else ""))
     return 0
 
 

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     task = get_task("tumor")
     segmenters = [load_predictor(task.name, path) for path in args.checkpoint]
     for path, segmenter in zip(args.checkpoint, segmenters):
-        if args.split == "calib" and not segmenter.config["data"].get("calib_patients"):
+        if args.split == "calib" and not segmenter.config["data"]["calib_patients"]:
             raise UserError(f"{path}: trained without calibration patients (data.calib_patients 0): train with "
                             f"--set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
     root, _ = task.resolve_root(args.data_root)

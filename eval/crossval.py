@@ -45,7 +45,7 @@ def fold_models(paths: list[str]) -> list[tuple[int, object]]:
     for path in paths:
         predictor = load_predictor("tumor", path)
         data = predictor.config["data"]
-        if not data.get("folds"):
+        if not data["folds"]:
             raise UserError(f"{path}: not a fold model (trained with data.folds 0); train with --set data.folds=K "
                             f"--set data.fold=k")
         models.append((int(data["fold"]), predictor))

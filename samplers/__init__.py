@@ -22,7 +22,8 @@ SAMPLERS = {
     "regressor": sample_regressor,   # the regressor baseline: always one evaluation
 }
 
-REPAINT_JUMP_LENGTH = 10
+REPAINT_JUMP_LENGTH = 10   # RePaint's jump_length (capped at half the steps: `repaint_jump_length`)
+REPAINT_JUMPS = 10         # RePaint's jump_n_sample when a spec names none (`repaint:50` = `repaint:50x10`)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def parse_spec(text: str) -> SamplerSpec:
         raise ValueError(f"sampler spec {text!r}: only repaint takes STEPSxJUMPS")
     try:
         steps = int(steps_text)
-        jumps = int(jumps_text) if jumps_text else (10 if name == "repaint" else 1)
+        jumps = int(jumps_text) if jumps_text else (REPAINT_JUMPS if name == "repaint" else 1)
     except ValueError:
         raise ValueError(f"sampler spec {text!r}: steps and jumps must be integers") from None
     if steps < 1 or jumps < 1:
@@ -75,4 +76,4 @@ def parse_spec(text: str) -> SamplerSpec:
     return SamplerSpec(name, steps, jumps)
 
 
-__all__ = ["SAMPLERS", "SamplerSpec", "parse_spec", "repaint_jump_schedule", "spaced_timesteps"]
+__all__ = ["REPAINT_JUMPS", "SAMPLERS", "SamplerSpec", "parse_spec", "repaint_jump_schedule", "spaced_timesteps"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from samplers.known import alpha_bar, randn_like, replace_known, timestep_batch
+from samplers.known import alpha_bar, ddim_step, randn_like, replace_known, timestep_batch
 
 
 @torch.no_grad()
@@ -16,9 +16,7 @@ def sample_ddim(model, x, timesteps, extra_args=None, callback=None, disable=Non
     for i, t in enumerate(tqdm(timesteps, disable=disable if disable is not None else True, leave=False)):
         x = replace_known(model, x, t, known, generator)
         x0, eps = model(x, timestep_batch(t, x), **extra_args)
-        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        a_next = alpha_bar(model, t_next)
-        x = x0 if t_next < 0 else a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        x = ddim_step(model, x0, eps, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
     return x

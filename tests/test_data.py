@@ -6,16 +6,16 @@ from diffusion.data import (
     CTTrainDataset,
     load_ct_slices,
     random_mask,
-    resolve_task_root,
     split_indices,
     split_patients,
 )
 from diffusion.data.images import write_png
 from diffusion.errors import DataError
+from diffusion.tasks import get_task
 
 
 def test_loads_generated_layout(ct_root):
-    root, where = resolve_task_root("ct", ct_root)
+    root, where = get_task("ct").resolve_root(ct_root)
     slices = load_ct_slices(root, progress=False)
     assert len(slices) == 8 and slices.ids[0] == "000_0"
     assert slices.corrupted.shape == (8, 256, 256) and slices.ct.dtype == np.uint8
@@ -25,26 +25,26 @@ def test_loads_generated_layout(ct_root):
 
 
 def test_task_folder_itself_is_a_valid_root(ct_root):
-    root, _ = resolve_task_root("ct", ct_root / "ct-inpainting")
+    root, _ = get_task("ct").resolve_root(ct_root / "ct-inpainting")
     assert root.name == "ct-inpainting"
 
 
 def test_missing_data_root_is_named(tmp_path):
     with pytest.raises(DataError, match="does-not-exist"):
-        resolve_task_root("ct", tmp_path / "does-not-exist")
+        get_task("ct").resolve_root(tmp_path / "does-not-exist")
 
 
 def test_no_data_root_anywhere_says_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DMIAI_DATA", raising=False)
     with pytest.raises(DataError, match="no data root found.*--data-root"):
-        resolve_task_root("ct", None)
+        get_task("ct").resolve_root(None)
 
 
 def test_env_var_is_used(ct_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DMIAI_DATA", str(ct_root))
-    root, where = resolve_task_root("ct", None)
+    root, where = get_task("ct").resolve_root(None)
     assert "DMIAI_DATA" in where and root.name == "ct-inpainting"
 
 

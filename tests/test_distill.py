@@ -12,9 +12,9 @@ from diffusion.checkpoint import load_slim
 from diffusion.config import load_config
 from diffusion.distill import DistillationLoss
 from diffusion.errors import UserError
-from diffusion.inference import build_denoiser
-from diffusion.tasks.ct import CTInpainter
+from diffusion.inference import Predictor, build_denoiser
 from samplers import SAMPLERS, SamplerSpec, parse_spec
+from samplers.known import alpha_bar
 from tests.conftest import REPO, ct_request, make_ct_slice, write_ct_layout
 
 DISTILL_TINY = str(REPO / "configs/ct_distill_tiny.yaml")
@@ -69,8 +69,7 @@ def test_distillation_target_lands_on_the_teachers_two_steps():
         SAMPLERS["ddim"](teacher, x_t, steps, extra_args={"cond": cond, "class_labels": labels},
                          callback=seen.append)
         teacher_next = seen[1]["x"]
-        a_t, s_t = loss._alpha_sigma(t)
-        a_n, s_n = loss._alpha_sigma(t_next)
+        (a_t, s_t), (a_n, s_n) = ((alpha_bar(teacher, u).sqrt(), (1 - alpha_bar(teacher, u)).sqrt()) for u in (t, t_next))
         student_next = a_n * target + s_n * (x_t - a_t * target) / s_t
         assert torch.allclose(student_next, teacher_next, atol=1e-4)
     out = loss(x0, cond, labels, torch.ones_like(x0))
@@ -81,18 +80,19 @@ def test_distillation_target_lands_on_the_teachers_two_steps():
 
 
 def test_distilled_sampler_runs_with_known_pixels_and_ensembles_and_checks_the_step_count(student_runs):
-    inpainter = CTInpainter.from_checkpoint(student_runs / "round1" / "last.safetensors")
+    inpainter = Predictor.from_checkpoint(student_runs / "round1" / "last.safetensors")
     rng = np.random.default_rng(0)
     corrupted = rng.integers(0, 255, (1, 32, 32), dtype=np.uint8)
     missing = np.zeros((1, 32, 32), np.uint8)
     missing[:, 8:20, 8:20] = 1
     corrupted[missing > 0] = 0
     tissue = np.full((1, 32, 32), 100, np.uint8)
-    pred = inpainter.predict_batch(corrupted, missing, tissue, np.array([4]), ensemble=3)[0]  # default: distilled:2
+    inputs = {"corrupted": corrupted[0], "missing_mask": missing[0], "tissue": tissue[0], "vertebra": 4}
+    pred = inpainter.predict_one(inputs, ensemble=3)  # default: distilled:2
     assert np.array_equal(pred.image[missing[0] == 0], corrupted[0][missing[0] == 0].astype(np.float32))
     assert pred.uncertainty[missing[0] > 0].max() > 0 and pred.uncertainty[missing[0] == 0].max() == 0
     with pytest.raises(UserError, match="distilled for 2 steps"):
-        inpainter.predict_batch(corrupted, missing, tissue, np.array([4]), spec=SamplerSpec("distilled", 4))
+        inpainter.predict_one(inputs, spec=SamplerSpec("distilled", 4))
 
 
 def test_regressor_trains_deterministically_and_only_runs_as_regressor(tmp_path, trained_tiny):
@@ -106,12 +106,12 @@ def test_regressor_trains_deterministically_and_only_runs_as_regressor(tmp_path,
     labels, weight = torch.tensor([1, 2]), torch.ones(2, 1, 16, 16)
     denoiser.eval()
     assert torch.equal(denoiser.loss(x0, cond, labels, weight), denoiser.loss(x0, cond, labels, weight))
-    regressor = CTInpainter.from_checkpoint(tmp_path / "reg" / "last.safetensors")
+    regressor = Predictor.from_checkpoint(tmp_path / "reg" / "last.safetensors")
     assert regressor.default_spec()[0] == SamplerSpec("regressor", 1)
     with pytest.raises(UserError, match="a regressor"):
         regressor.check_spec(parse_spec("ddim:2"))
     _serves_one_slice(regressor)  # the service's warm-up and deadline plan use the checkpoint's own sampler
-    diffusion = CTInpainter.from_checkpoint(trained_tiny / "last.safetensors")
+    diffusion = Predictor.from_checkpoint(trained_tiny / "last.safetensors")
     with pytest.raises(UserError, match="not a regressor"):
         diffusion.check_spec(parse_spec("regressor:1"))
     with pytest.raises(UserError, match="not a distilled student"):
@@ -195,7 +195,7 @@ def test_ensemble_distillation_trains_a_one_step_student(trained_tiny, tmp_path)
     _, config, _ = load_slim(tmp_path / "ens" / "last.safetensors")
     assert config["distill"]["student_steps"] == 1 and config["distill"]["teacher_ensemble"] == 2
     assert (config["sample"]["sampler"], config["sample"]["steps"], config["sample"]["ensemble"]) == ("distilled", 1, 1)
-    inpainter = CTInpainter.from_checkpoint(tmp_path / "ens" / "last.safetensors")
+    inpainter = Predictor.from_checkpoint(tmp_path / "ens" / "last.safetensors")
     _, corrupted, mask, tissue = make_ct_slice(np.random.default_rng(0))
     pred = inpainter.predict_one({"corrupted": corrupted, "missing_mask": (mask > 0).astype(np.uint8),
                                   "tissue": tissue, "vertebra": 3})

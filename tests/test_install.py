@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -28,8 +29,13 @@ def test_a_non_editable_install_runs_infer_with_the_released_checkpoint(tmp_path
     assert pip.returncode == 0, pip.stderr[-2000:]
     assert (site / "checkpoints" / "ct_inpaint.safetensors").is_file()
     write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=1, slices=1)
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    run = subprocess.run([sys.executable, "-m", "infer", "--task", "ct", "--data-root", str(tmp_path / "data"),
+    # -S: no site module, so no .pth file of this checkout's editable install can put its tree on the path; the
+    # dependencies come from this interpreter's site-packages, after the installed copy.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])}
+    where = subprocess.run([sys.executable, "-S", "-c", "import infer, diffusion; print(infer.__file__, diffusion.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert where.returncode == 0 and all(p.startswith(str(site)) for p in where.stdout.split()), where.stdout + where.stderr
+    run = subprocess.run([sys.executable, "-S", "-m", "infer", "--task", "ct", "--data-root", str(tmp_path / "data"),
                           "--limit", "1", "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

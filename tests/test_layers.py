@@ -2,18 +2,13 @@
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from diffusion.data.images import read_png, write_png
-from diffusion.inference import Prediction, Predictor
-from diffusion.metrics import image_mae
-from diffusion.tasks import TASKS, Case, Example, Task, get_task, register
-from samplers.ensemble import reduce_ensemble
+from diffusion.tasks import BUILTIN, TASKS, get_task
 from tests.conftest import REPO
 
 BLOCK_ENTRY_POINTS = r'''
@@ -32,7 +27,7 @@ for package in (diffusion, samplers):
         names.append(info.name)
 from diffusion.tasks import get_task, task_names
 for name in task_names():
-    get_task(name).predictor_class
+    get_task(name).encode
 print(len(names))
 '''
 
@@ -54,19 +49,19 @@ def test_entry_points_contain_no_task_names():
             assert f"== {name}" not in text and f"{name}:" not in text, (script, name)
 
 
-# --- a toy third task, defined here and nowhere else -----------------------------------------------------------
+# --- a toy third task: one package (written by the test) plus one registry line --------------------------------
 
-class ToyPredictor(Predictor):
-    task_name = "toy"
+TOY_PACKAGE = r'''
+"""Denoise 32x32 grey images: noisy/noisy_PPP_S.png -> clean/clean_PPP_S.png, scored by MAE."""
+from dataclasses import dataclass
+from pathlib import Path
 
-    @torch.no_grad()
-    def predict_one(self, inputs, spec=None, ensemble=None, seed=0, callback=None):
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
-        cond = torch.from_numpy(inputs["noisy"]).float()[None, None] / 127.5 - 1
-        x0 = self.sample(cond, None, spec, ensemble, [seed], callback=callback)[:, 0]
-        median, spread = reduce_ensemble((x0.clamp(-1, 1) + 1) * 127.5, "median")
-        return Prediction(image=median.numpy(), uncertainty=spread.numpy())
+import torch
+
+from diffusion.data.images import read_png
+from diffusion.metrics import image_mae
+from diffusion.tasks.base import Case, Encoded, Example, Prediction, Task
+from samplers.ensemble import reduce_ensemble
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -84,8 +79,6 @@ class ToyDataset(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class ToyDenoise(Task):
-    """Denoise 32x32 grey images: noisy/noisy_PPP_S.png -> clean/clean_PPP_S.png, scored by MAE."""
-
     name: str = "toy"
     folder: str = "toy-denoise"
     marker: str = "noisy"
@@ -111,19 +104,32 @@ class ToyDenoise(Task):
         cond = batch["noisy"].float().unsqueeze(1) / 127.5 - 1
         return target, cond, None, torch.ones_like(target)
 
-    @property
-    def predictor_class(self):
-        return ToyPredictor
+    def encode(self, inputs, multiple):
+        return Encoded(torch.from_numpy(inputs["noisy"]).float()[None, None] / 127.5 - 1)
+
+    def decode(self, x0, inputs, sample):
+        median, spread = reduce_ensemble((x0[:, 0].clamp(-1, 1) + 1) * 127.5, "median")
+        return Prediction(image=median.numpy(), uncertainty=spread.numpy())
 
     def score(self, image, truth):
         return {"mae": image_mae(image, truth)}
 
 
+TASK = ToyDenoise()
+'''
+
+
 @pytest.fixture
-def toy_task():
-    task = register(ToyDenoise())
-    yield task
+def toy_task(tmp_path_factory, monkeypatch):
+    """The toy task as a package of its own on the path, and its one registry line."""
+    packages = tmp_path_factory.mktemp("packages")
+    (packages / "toy_task").mkdir()
+    (packages / "toy_task" / "__init__.py").write_text(TOY_PACKAGE)
+    monkeypatch.syspath_prepend(str(packages))
+    monkeypatch.setitem(BUILTIN, "toy", "toy_task")  # the registry line
+    yield get_task("toy")
     TASKS.pop("toy", None)
+    sys.modules.pop("toy_task", None)
 
 
 def write_toy_data(root: Path, patients: int = 3, images: int = 2) -> None:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 import serve
 from diffusion.data.images import decode_png
-from diffusion.tasks.ct import CTInpainter
+from diffusion.inference import Predictor
 from tests.conftest import b64, ct_request
 
 
@@ -19,7 +19,7 @@ def slice_request():
 
 @pytest.fixture(scope="module")
 def client(trained_tiny):
-    service = serve.Service(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    service = serve.Service(Predictor.from_checkpoint(trained_tiny / "last.safetensors"))
     with TestClient(serve.create_app(service, budget_s=8.0)) as c:
         yield c
 
@@ -72,7 +72,7 @@ def test_oversized_body_is_413(client):
 
 
 def test_server_error_is_500_with_request_id(trained_tiny, slice_request):
-    service = serve.Service(CTInpainter.from_checkpoint(trained_tiny / "last.safetensors"))
+    service = serve.Service(Predictor.from_checkpoint(trained_tiny / "last.safetensors"))
     app = serve.create_app(service, seconds_per_nfe=0.01)
     service.predict = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
     with TestClient(app) as c:
@@ -84,7 +84,7 @@ def test_server_error_is_500_with_request_id(trained_tiny, slice_request):
 def test_deadline_degrades_instead_of_overrunning(trained_tiny, slice_request):
     """Each network evaluation made to take 0.3 s: the default (ddim:2, ensemble 2) would take 1.2 s; with a
     0.5 s budget the service must drop to one member and one step."""
-    inpainter = CTInpainter.from_checkpoint(trained_tiny / "last.safetensors")
+    inpainter = Predictor.from_checkpoint(trained_tiny / "last.safetensors")
     forward = inpainter.denoiser.forward
 
     def slow_forward(*args, **kwargs):
@@ -122,9 +122,8 @@ def test_deadline_counts_time_spent_queued():
 
 @pytest.fixture(scope="module")
 def tumor_client(trained_tumor_tiny):
-    from diffusion.tasks.tumor import TumorSegmenter
 
-    service = serve.Service(TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
+    service = serve.Service(Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
     with TestClient(serve.create_app(service, budget_s=8.0)) as c:
         yield c
 

@@ -277,7 +277,7 @@ def test_bf16_falls_back_to_fp32_where_it_has_no_fast_kernels(tmp_path, monkeypa
     from accelerate.state import AcceleratorState
 
     from diffusion import inference
-    from diffusion.tasks.ct import CTInpainter
+    from diffusion.inference import Predictor
 
     write_ct_layout(tmp_path / "data" / "ct-inpainting")
     ran = {}
@@ -290,7 +290,7 @@ def test_bf16_falls_back_to_fp32_where_it_has_no_fast_kernels(tmp_path, monkeypa
             AcceleratorState._reset_state(reset_partial_state=True)  # one process, two precisions
             assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root", str(tmp_path / "data"),
                                          "--max-steps", "1"]) == 0
-            predictor = CTInpainter.from_checkpoint(run / "last.safetensors")
+            predictor = Predictor.from_checkpoint(run / "last.safetensors")
         said = [str(w.message) for w in caught if "bf16" in str(w.message)]
         ran[fast] = (yaml.safe_load((run / "config.yaml").read_text())["train"]["mixed_precision"], predictor.bf16,
                      len(said))

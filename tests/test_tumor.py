@@ -16,9 +16,9 @@ from diffusion.data.tumor import (
     pad_to_multiple,
 )
 from diffusion.errors import DataError
+from diffusion.inference import Predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
-from diffusion.tasks.tumor import TumorSegmenter
 from tests.conftest import REPO
 
 
@@ -85,14 +85,15 @@ def test_position_channel_option_reaches_the_condition_and_the_predictor(trained
     on = get_task("tumor").condition(image, torch.tensor([7]))
     off = get_task("tumor", {"position_channel": False}).condition(image, torch.tensor([7]))
     assert torch.equal(on[:, 0], off[:, 0]) and off[:, 1].abs().max() == 0 and on[:, 1].abs().min() > 0
-    seg = TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    seg = Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors")
     config = copy.deepcopy(seg.config)
     config["data"]["position_channel"] = False
-    seg_off = TumorSegmenter(seg.denoiser, config)
+    seg_off = Predictor(seg.denoiser, config)
     assert seg.task.position_channel and not seg_off.task.position_channel
     pet = np.full((96, 400), 200, np.uint8)
     pet[40:50, 100:120] = 20
-    a, b = seg.predict(pet, ensemble=1).probability, seg_off.predict(pet, ensemble=1).probability
+    a = seg.predict_one({"image": pet}, ensemble=1).probability
+    b = seg_off.predict_one({"image": pet}, ensemble=1).probability
     assert np.abs(a - b).max() > 1e-4  # same weights and noise: only the position channel differs
 
 
@@ -165,12 +166,12 @@ def test_dice_formula():
 
 
 def test_prediction_format_and_ensemble_reduction(trained_tumor_tiny):
-    seg = TumorSegmenter.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    seg = Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors")
     image = np.full((333, 400), 230, np.uint8)
-    pred = seg.predict(image, ensemble=3)
+    pred = seg.predict_one({"image": image}, ensemble=3)
     assert pred.image.shape == image.shape and set(np.unique(pred.image)) <= {0, 255}
     assert pred.probability.shape == image.shape and 0 <= pred.probability.min() <= pred.probability.max() <= 1
-    assert np.array_equal(pred.image > 0, pred.probability > seg.threshold)
+    assert np.array_equal(pred.image > 0, pred.probability > seg.config["sample"]["threshold"])
     assert pred.uncertainty.shape == image.shape and pred.uncertainty.max() > 0  # three different samples
 
 
@@ -366,14 +367,14 @@ def test_deterministic_segmenter_with_flip_averages_the_image_and_its_mirror(tum
                                  "--set", "diffusion.objective=regress", "--set", "diffusion.loss=bce_dice",
                                  "--set", "sample.sampler=regressor", "--set", "sample.steps=1",
                                  "--set", "sample.flip=true"]) == 0
-    segmenter = TumorSegmenter.from_checkpoint(run / "last.safetensors")
+    segmenter = Predictor.from_checkpoint(run / "last.safetensors")
     task = get_task("tumor")
     root, _ = task.resolve_root(tumor_root)
     image = task.read_case(root, task.list_cases(root)[0], False).inputs["image"]
-    both = segmenter.predict(image, ensemble=2)
+    both = segmenter.predict_one({"image": image}, ensemble=2)
     single = segmenter.with_sample(flip=False)
-    plain = single.predict(image, ensemble=1).probability
-    mirrored = single.predict(np.ascontiguousarray(image[:, ::-1]), ensemble=1).probability[:, ::-1]
+    plain = single.predict_one({"image": image}, ensemble=1).probability
+    mirrored = single.predict_one({"image": np.ascontiguousarray(image[:, ::-1])}, ensemble=1).probability[:, ::-1]
     assert np.abs(plain - mirrored).max() > 1e-3  # the untrained net is not mirror-symmetric: the test can tell
     np.testing.assert_allclose(both.probability, (plain + mirrored) / 2, atol=2e-2)
-    assert both.uncertainty.max() > 0 and single.predict(image, ensemble=1).uncertainty.max() == 0
+    assert both.uncertainty.max() > 0 and single.predict_one({"image": image}, ensemble=1).uncertainty.max() == 0

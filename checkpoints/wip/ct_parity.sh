@@ -5,8 +5,9 @@
 #   stage d (runs/ct_dif_more):  3,000 steps on whole slices from stage c's last weights, cosine from lr 5e-5;
 # the same 10 calibration patients held out as the release's stages (in-training validation there, never on the 53
 # validation patients), no checkpoint chosen (last.safetensors is compared), as for the regressor.
-# THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; resumable: rerun (from runs/, or when
-# runs/ is gone from the slim weights committed as checkpoints/wip/<stage>_last.safetensors).
+# THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages.
+# Resumable: rerun (from runs/, or when runs/ is gone from the slim weights committed as
+# checkpoints/wip/<run>_last.safetensors: a finished stage's are its result, an unfinished one's go on).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 CODE=/tmp/ct_parity_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the run
@@ -16,9 +17,17 @@ if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomor
   stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
   maxmin=(--max-minutes $(( (stop - $(date +%s)) / 60 )))
 fi
+saved_step() {  # the step a slim checkpoint was saved at (0 when there is none)
+  [ -f "$1" ] && python -c "import json,sys; from safetensors import safe_open; \
+print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$1" || echo 0
+}
+last_of() {  # the slim last weights of a run: runs/ if it is there, else the committed ones
+  if [ -f "$1/last.safetensors" ]; then echo "$1/last.safetensors"; else echo "checkpoints/wip/$(basename "$1")_last.safetensors"; fi
+}
 stage() {  # stage OUT INIT STEPS LR
   local out=$1 init=$2 steps=$3 lr=$4 resume=() wip=checkpoints/wip/$(basename "$1")_last.safetensors
   [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
+  [ "$(saved_step "$wip")" = "$steps" ] && return 0  # finished in an earlier session: its committed weights
   if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
   elif [ -f "$wip" ]; then init=$wip; resume=(--continue-schedule)  # runs/ is gone: go on from the committed slim weights
   fi
@@ -30,5 +39,5 @@ stage() {  # stage OUT INIT STEPS LR
   [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] || { echo "$out stopped before step $steps: rerun"; exit 0; }
 }
 mkdir -p runs
-stage runs/ct_dif_whole checkpoints/ct_inpaint_diffusion.safetensors 1000 1e-4
-stage runs/ct_dif_more runs/ct_dif_whole/last.safetensors 3000 5e-5
+case " ${STAGES:-c d} " in *" c "*) stage runs/ct_dif_whole checkpoints/ct_inpaint_diffusion.safetensors 1000 1e-4 ;; esac
+case " ${STAGES:-c d} " in *" d "*) stage runs/ct_dif_more "$(last_of runs/ct_dif_whole)" 3000 5e-5 ;; esac

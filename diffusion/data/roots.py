@@ -39,11 +39,3 @@ def resolve_root(folder: str, marker: str, data_root: str | Path | None) -> tupl
                             f"(no {marker}/ inside)")
     tried = ", ".join(str(p) for p, _ in candidates)
     raise DataError(f"no data root found for {folder} (tried {tried}); pass --data-root DIR or set DMIAI_DATA")
-
-
-def resolve_task_root(task, data_root: str | Path | None) -> tuple[Path, str]:
-    """`resolve_root` for a task (a registered name or a task object)."""
-    from diffusion.tasks import get_task
-
-    task = get_task(task) if isinstance(task, str) else task
-    return resolve_root(task.folder, task.marker, data_root)

@@ -79,4 +79,4 @@ def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_pat
 def split_by_config(cases: list, data_config: dict, which: str) -> list:
     """`split_cases` with the split a config's `data` section (a checkpoint's, or a run's) describes."""
     return split_cases(cases, data_config["val_patients"], data_config["split_seed"], which,
-                       data_config.get("calib_patients", 0), data_config.get("folds", 0), data_config.get("fold", 0))
+                       data_config["calib_patients"], data_config["folds"], data_config["fold"])

@@ -1,16 +1,18 @@
 """Task registry. A task is one module that owns everything task-specific: its data (cases, reading, the training
-dataset), its condition builder and loss weight, its predictor, its score and the metric's direction, its overview
+dataset), its condition builder and loss weight, the predictor's two hooks (`encode`, `decode`), its score and the metric's direction, its overview
 figure and its competition request/response codec. Entry points ask the registry and contain no task names.
 
-Adding a task: one module under `diffusion/tasks/` that defines a `Task` subclass and calls `register(...)` on an
-instance, plus one line in `BUILTIN` (modules are imported on first use, so the library has no import cycle).
+Adding a task: one module (or package) that defines a `Task` subclass and an instance of it named `TASK`, plus one
+line in `BUILTIN` naming the module. The registry imports it on first use; a task module imports nothing of the
+registry, the predictor or the entry points, so the library's import graph has no cycle (`tests/test_imports.py`).
+`register(task)` adds a task object at run time instead.
 """
 from __future__ import annotations
 
 import importlib
 
 from diffusion.errors import UserError
-from diffusion.tasks.base import Case, Example, Task
+from diffusion.tasks.base import Case, Encoded, Example, Prediction, Task
 
 BUILTIN = {"ct": "diffusion.tasks.ct", "tumor": "diffusion.tasks.tumor"}
 TASKS: dict[str, Task] = {}
@@ -28,10 +30,13 @@ def task_names() -> list[str]:
 def get_task(name: str, data_config: dict | None = None) -> Task:
     """The task by name; `data_config` (the config's `data` section) sets its training options."""
     if name not in TASKS and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])
+        task = getattr(importlib.import_module(BUILTIN[name]), "TASK", None)
+        if not isinstance(task, Task) or task.name != name:
+            raise UserError(f"task module {BUILTIN[name]} defines no TASK named {name!r}")
+        register(task)
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; known: {', '.join(task_names())}")
     return TASKS[name].with_options(data_config) if data_config else TASKS[name]
 
 
-__all__ = ["BUILTIN", "TASKS", "Case", "Example", "Task", "get_task", "register", "task_names"]
+__all__ = ["BUILTIN", "TASKS", "Case", "Encoded", "Example", "Prediction", "Task", "get_task", "register", "task_names"]

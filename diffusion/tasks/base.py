@@ -25,6 +25,26 @@ class Case:
 
 
 @dataclass
+class Encoded:
+    """One input as the network sees it (a batch of one): the condition (1, C, H, W), the class label (1,) or None,
+    and the pixels the samplers keep (RePaint's known region: {"x0", "mask"}, or None)."""
+
+    cond: torch.Tensor
+    labels: torch.Tensor | None = None
+    known: dict | None = None
+
+
+@dataclass
+class Prediction:
+    """One input's answer, from its ensemble's members."""
+
+    image: np.ndarray        # CT: (H, W) float grey levels, known pixels kept, 0 outside the body; tumor: the mask
+    uncertainty: np.ndarray  # (H, W) per-pixel spread across the ensemble (grey levels / probability)
+    probability: np.ndarray | None = None  # tumor: (H, W) mean tumor probability over the ensemble
+    members: np.ndarray | None = None      # CT: (E, H, W) every member's answer (intervals: `interval_bounds`)
+
+
+@dataclass
 class Example:
     """A case read from disk: the predictor's inputs (what a served request decodes to) and the truth, if any."""
 
@@ -84,9 +104,17 @@ class Task:
         """Pixels the samplers replace by the noised truth (RePaint): {"x0", "mask"}, or None."""
         return None
 
-    # --- prediction --------------------------------------------------------------------------------------
-    @property
-    def predictor_class(self):
+    # --- prediction: the two hooks of the generic `diffusion.inference.Predictor` --------------------------
+    decision_settings: tuple[str, ...] = ()  # `sample` settings that turn the ensemble into the answer (reported)
+
+    def encode(self, inputs: dict, multiple: int) -> Encoded:
+        """A case's inputs (as `read_case` and `parse_request` give them) -> what the network sees; `multiple`: the
+        network's spatial multiple (an input of another size is padded here and cropped back in `decode`)."""
+        raise NotImplementedError
+
+    def decode(self, x0: torch.Tensor, inputs: dict, sample: dict) -> Prediction:
+        """The ensemble's members (E, C, H, W) in [-1, 1] for one input -> its prediction; `sample`: the checkpoint's
+        inference settings (e.g. the tumor threshold)."""
         raise NotImplementedError
 
     def output_image(self, prediction) -> np.ndarray:
@@ -111,6 +139,12 @@ class Task:
         """Sums that judge the uncertainty map against the errors, {key: (numerator, denominator)}, added over the
         cases and turned into a report by `uncertainty_summary`; None when the task has none."""
         return None
+
+    has_intervals: bool = False      # predictions carry ensemble members with a per-pixel scale (CT: grey levels)
+
+    def interval_region(self, example: Example) -> np.ndarray:
+        """The pixels whose interval coverage is measured (the predicted ones)."""
+        raise NotImplementedError
 
     def uncertainty_summary(self, totals: dict[str, list[float]]) -> dict:
         return {key: (num / den if den else None) for key, (num, den) in totals.items()}

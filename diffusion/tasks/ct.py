@@ -1,8 +1,8 @@
 """CT inpainting (DATA.md section 1): repair the blanked pixels of a 256x256 CT slice, given the mask, the tissue map
 and the vertebra level. Scored by the mean absolute error over the whole image (lower is better).
 
-Everything CT-specific lives here: the cases of a data root, the condition, the predictor (`CTInpainter`), the
-score, the overview figure's columns and the competition's request/response format."""
+Everything CT-specific lives here: the cases of a data root, the condition and the two predictor hooks (`encode`,
+`decode`), the score, the overview figure's columns and the competition's request/response format."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
 from pydantic import BaseModel
 
 from diffusion.codec import (
@@ -28,11 +27,8 @@ from diffusion.data.ct import (
     load_ct_slices,
     read_slice,
 )
-from diffusion.inference import Prediction, Predictor
 from diffusion.metrics import image_mae
-from diffusion.tasks import register
-from diffusion.tasks.base import Case, Example, Task
-from samplers import SamplerSpec
+from diffusion.tasks.base import Case, Encoded, Example, Prediction, Task
 from samplers.ensemble import reduce_ensemble
 
 SPREAD_BINS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, np.inf)  # grey levels of ensemble spread (reliability)
@@ -58,47 +54,6 @@ class CTRequest(BaseModel):
 
 class CTResponse(BaseModel):
     reconstructed_image: str
-
-
-class CTInpainter(Predictor):
-    """CT inpainting: `predict_batch(...)` for one or several slices, `predict_one(inputs)` for one."""
-
-    task_name = "ct"
-
-    @torch.no_grad()
-    def predict_batch(self, corrupted: np.ndarray, missing_mask: np.ndarray, tissue: np.ndarray,
-                      vertebra: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                      seeds: list[int] | None = None, callback=None) -> list[Prediction]:
-        """Inputs: (N, H, W) uint8 arrays and (N,) vertebra levels. `seeds[i]` seeds slice i's ensemble.
-        `callback(state)` is called after every sampler step (it may raise to stop sampling)."""
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
-        n = corrupted.shape[0]
-        seeds = list(range(n)) if seeds is None else seeds
-        known_grey = torch.from_numpy(np.ascontiguousarray(corrupted))
-        missing = torch.from_numpy(np.ascontiguousarray(missing_mask))
-        tissue_t = torch.from_numpy(np.ascontiguousarray(tissue))
-        cond = self.task.condition(known_grey, missing, tissue_t)
-        labels = torch.as_tensor(np.asarray(vertebra), dtype=torch.long)
-        known = self.task.known(None, cond)
-        x0 = self.sample(cond, labels, spec, ensemble, seeds, known_x0=known["x0"], known_mask=known["mask"],
-                         callback=callback)
-        members = self.members(ensemble)
-        rep = lambda t: repeat(t, "n ... -> (n e) ...", e=members)
-        grey = self.task.finalize(x0, rep(known_grey), rep(missing), rep(tissue_t))
-        grey = rearrange(grey, "(n e) h w -> n e h w", e=members)
-        out = []
-        for i in range(n):
-            reduced, spread = reduce_ensemble(grey[i], "median")
-            out.append(Prediction(image=reduced.numpy(), uncertainty=spread.numpy()))
-        return out
-
-    def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                    seed: int = 0, callback=None) -> Prediction:
-        """inputs: corrupted, missing_mask (0/1), tissue ((H, W) uint8) and vertebra (int)."""
-        return self.predict_batch(inputs["corrupted"][None], inputs["missing_mask"][None], inputs["tissue"][None],
-                                  np.array([inputs["vertebra"]]), spec=spec, ensemble=ensemble, seeds=[seed],
-                                  callback=callback)[0]
 
 
 @dataclass(frozen=True)
@@ -145,6 +100,20 @@ class CTTask(Task):
         """The pixels samplers replace by the noised truth (RePaint): the known CT, where the mask says known."""
         return {"x0": cond[:, :1], "mask": 1 - cond[:, 1:2]}
 
+    def encode(self, inputs: dict, multiple: int) -> Encoded:
+        """inputs: corrupted, missing_mask (0/1), tissue ((H, W) uint8) and vertebra (int)."""
+        cond = self.condition(*(torch.from_numpy(np.ascontiguousarray(inputs[key]))[None]
+                                for key in ("corrupted", "missing_mask", "tissue")))
+        return Encoded(cond, torch.tensor([int(inputs["vertebra"])], dtype=torch.long), self.known(None, cond))
+
+    def decode(self, x0: torch.Tensor, inputs: dict, sample: dict) -> Prediction:
+        """The members' grey levels (known pixels kept, 0 outside the body), their per-pixel median and spread."""
+        known_grey, missing, tissue = (torch.from_numpy(np.ascontiguousarray(inputs[key]))[None].expand(
+            x0.shape[0], -1, -1) for key in ("corrupted", "missing_mask", "tissue"))
+        grey = self.finalize(x0, known_grey, missing, tissue)
+        reduced, spread = reduce_ensemble(grey, "median")
+        return Prediction(image=reduced.numpy(), uncertainty=spread.numpy(), members=grey.numpy())
+
     def finalize(self, x0: torch.Tensor, known_grey: torch.Tensor, missing_mask: torch.Tensor,
                  tissue: torch.Tensor) -> torch.Tensor:
         """Samples in [-1, 1] (N, 1, H, W) -> float grey (N, H, W): known pixels kept exactly, outside body 0."""
@@ -172,10 +141,6 @@ class CTTask(Task):
                               flip=dc["flip"], seed=config["seed"])
 
     # --- prediction and score ------------------------------------------------------------------------------
-    @property
-    def predictor_class(self):
-        return CTInpainter
-
     def prediction_path(self, out: Path, case: Case) -> Path:
         return Path(out) / "reconstructed" / f"reconstructed_{case.id}.png"
 
@@ -201,6 +166,12 @@ class CTTask(Task):
         for k in range(len(SPREAD_BINS) - 1):
             stats[f"bin_{k}"] = (float(error[bins == k].sum()), int((bins == k).sum()))
         return stats
+
+    has_intervals: bool = True
+
+    def interval_region(self, example: Example) -> np.ndarray:
+        """The missing pixels inside the body: the only ones predicted."""
+        return (example.inputs["missing_mask"] > 0) & (example.inputs["tissue"] > 0)
 
     def uncertainty_summary(self, totals: dict[str, list[float]]) -> dict:
         """MAE of the most uncertain 10 % of the predicted pixels against the rest, and the reliability curve (MAE
@@ -243,4 +214,4 @@ class CTTask(Task):
         return {"corrupted": blank, "missing_mask": blank, "tissue": blank, "vertebra": 0}
 
 
-CT = register(CTTask())
+TASK = CTTask()

@@ -2,7 +2,7 @@
 to 991). Scored by the Dice coefficient per image, averaged over the patients (higher is better).
 
 Everything tumor-specific lives here: the cases (patients, and healthy controls as extra negatives), the condition,
-the predictor (`TumorSegmenter`), the score, the overview figure and the competition's request/response format."""
+the two predictor hooks (`encode`, `decode`), the score, the overview figure and the competition's request/response format."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -25,11 +25,8 @@ from diffusion.data.tumor import (
     pad_to_multiple,
     read_tumor_case,
 )
-from diffusion.inference import Prediction, Predictor
 from diffusion.metrics import dice_score, tp_fp_fn
-from diffusion.tasks import register
-from diffusion.tasks.base import Case, Example, Task
-from samplers import SamplerSpec
+from diffusion.tasks.base import Case, Encoded, Example, Prediction, Task
 from samplers.ensemble import reduce_ensemble
 
 HIGH_UNCERTAINTY = 0.1   # ensemble spread of the tumor probability above which a pixel counts as uncertain
@@ -54,41 +51,11 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(keep[labels], mask, np.zeros_like(mask))
 
 
-class TumorSegmenter(Predictor):
-    """Tumor segmentation: E sampled masks per image, averaged into a tumor probability and thresholded."""
-
-    task_name = "tumor"
-
-    @property
-    def threshold(self) -> float:
-        return float(self.config.get("sample", {}).get("threshold", 0.5))
-
-    @property
-    def min_component(self) -> int:
-        return int(self.config.get("sample", {}).get("min_component", 0))
-
-    def mask(self, probability: np.ndarray) -> np.ndarray:
-        """Tumor probability -> the submitted {0, 255} mask: the threshold, then the component filter."""
-        return remove_small_components((probability > self.threshold).astype(np.uint8) * 255, self.min_component)
-
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                seed: int = 0, callback=None) -> Prediction:
-        """image: (H, W) uint8 PET. The whole image is padded to the network's multiple and cropped back."""
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
-        multiple = 2 ** (len(self.config["model"]["block_out_channels"]) - 1)
-        padded = pad_to_multiple(image, multiple, 255)
-        cond = self.task.condition(torch.from_numpy(padded)[None], torch.zeros(1, dtype=torch.long))
-        x0 = self.sample(cond, None, spec, ensemble, [seed], callback=callback)[:, 0]  # (E, H, W)
-        members = crop_back((x0.clamp(-1, 1) + 1) / 2, image.shape)
-        probability, spread = reduce_ensemble(members, "mean")
-        probability = probability.numpy()
-        return Prediction(image=self.mask(probability), uncertainty=spread.numpy(), probability=probability)
-
-    def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
-                    seed: int = 0, callback=None) -> Prediction:
-        return self.predict(inputs["image"], spec=spec, ensemble=ensemble, seed=seed, callback=callback)
+def tumor_mask(probability: np.ndarray, sample: dict) -> np.ndarray:
+    """Tumor probability -> the submitted {0, 255} mask: `sample.threshold`, then the component filter
+    (`sample.min_component`)."""
+    return remove_small_components((probability > float(sample["threshold"])).astype(np.uint8) * 255,
+                                   int(sample["min_component"]))
 
 
 def outcome_colours(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -127,6 +94,7 @@ class TumorTask(Task):
     metric: str = "dice"
     higher_is_better: bool = True
     extra_name: str = "control"
+    decision_settings: tuple[str, ...] = ("threshold", "min_component")
     tumor_weight: float = 1.0     # loss weight of a tumor pixel relative to background (~1% of pixels are tumor)
     position_channel: bool = True  # the vertical-position condition channel (False: zeros)
     overview_columns: tuple[str, ...] = ("PET", "truth", "prediction (TP white, FP red, FN blue)", "uncertainty")
@@ -149,6 +117,20 @@ class TumorTask(Task):
         if not self.position_channel:
             position = torch.zeros_like(position)
         return torch.stack([uptake, position], 1)
+
+    def encode(self, inputs: dict, multiple: int) -> Encoded:
+        """inputs: image, (H, W) uint8 PET. The whole image is padded to the network's multiple (with background)."""
+        padded = pad_to_multiple(inputs["image"], multiple, 255)
+        return Encoded(self.condition(torch.from_numpy(np.ascontiguousarray(padded))[None],
+                                      torch.zeros(1, dtype=torch.long)))
+
+    def decode(self, x0: torch.Tensor, inputs: dict, sample: dict) -> Prediction:
+        """The members' masks cropped back to the image, read as probabilities (x0 + 1) / 2, averaged into the tumor
+        probability (their spread: the uncertainty) and thresholded."""
+        members = crop_back((x0[:, 0].clamp(-1, 1) + 1) / 2, inputs["image"].shape)
+        probability, spread = reduce_ensemble(members, "mean")
+        probability = probability.numpy()
+        return Prediction(image=tumor_mask(probability, sample), uncertainty=spread.numpy(), probability=probability)
 
     def training_batch(self, batch: dict[str, torch.Tensor]):
         target = (batch["label"].float() * 2 - 1).unsqueeze(1)
@@ -181,10 +163,6 @@ class TumorTask(Task):
                                  crop_width=dc["crop_width"])
 
     # --- prediction and score ------------------------------------------------------------------------------
-    @property
-    def predictor_class(self):
-        return TumorSegmenter
-
     def output_image(self, prediction) -> np.ndarray:
         return prediction.image
 
@@ -240,4 +218,4 @@ class TumorTask(Task):
         return {"image": np.full((MAX_HEIGHT, MAX_WIDTH), 255, np.uint8)}
 
 
-TUMOR = register(TumorTask())
+TASK = TumorTask()

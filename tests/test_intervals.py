@@ -1,0 +1,75 @@
+"""Per-pixel intervals from an ensemble (issue #28.3): the bounds and the coverage are computed right on a case
+whose quantiles are known, and infer.py --interval writes them."""
+import json
+
+import numpy as np
+import pytest
+
+import infer
+from diffusion.data.images import read_png
+from diffusion.errors import UserError
+from diffusion.metrics import interval_bounds, interval_stats
+from tests.conftest import write_ct_layout
+
+
+def test_bounds_are_the_central_quantiles_of_the_members():
+    members = np.broadcast_to(np.arange(101, dtype=np.float64)[:, None, None], (101, 2, 3))  # 0..100 at each pixel
+    lower, upper = interval_bounds(members, 0.8)
+    assert np.allclose(lower, 10) and np.allclose(upper, 90)
+    lower, upper = interval_bounds(members, 0.5)
+    assert np.allclose(lower, 25) and np.allclose(upper, 75)
+
+
+def test_coverage_counts_the_truths_inside_the_interval_on_the_chosen_pixels():
+    members = np.broadcast_to(np.arange(101, dtype=np.float64)[:, None, None], (101, 1, 6))
+    lower, upper = interval_bounds(members, 0.8)
+    truth = np.array([[5, 10, 50, 90, 95, 50]], np.uint8)
+    where = np.array([[True, True, True, True, True, False]])  # the last pixel is not a predicted one
+    stats = interval_stats(lower, upper, truth, where)
+    assert stats == {"pixels": 5, "covered": 3, "width": pytest.approx(5 * 80.0)}  # 10 and 90 are inside
+
+
+def test_a_level_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="interval level"):
+        interval_bounds(np.zeros((4, 2, 2)), 1.0)
+
+
+def test_infer_interval_writes_bounds_and_reports_coverage(trained_tiny, tmp_path):
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=1, slices=2)
+    out = tmp_path / "out"
+    assert infer.main(["--task", "ct", "--data-root", str(tmp_path / "data"), "--checkpoint",
+                       str(trained_tiny / "last.safetensors"), "--out", str(out), "--sampler", "ddpm", "--steps", "3",
+                       "--ensemble", "4", "--interval", "0.8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    interval = metrics["interval"]
+    assert interval["level"] == 0.8 and 0 <= interval["coverage"] <= 1 and interval["mean_width"] >= 0
+    by_level = {float(k): v for k, v in interval["coverage_by_level"].items()}
+    assert by_level[0.8] == interval["coverage"] and by_level[0.2] <= by_level[0.5] <= by_level[0.95]  # nested
+    lowers = sorted((out / "interval_lower").glob("*.png"))
+    uppers = sorted((out / "interval_upper").glob("*.png"))
+    assert len(lowers) == len(uppers) == 2
+    for lo, hi in zip(lowers, uppers):
+        assert np.all(read_png(lo) <= read_png(hi))
+    assert (out / "interval.png").is_file()
+
+
+def test_the_tumor_task_has_no_intervals(trained_tumor_tiny, tumor_root, tmp_path):
+    with pytest.raises(UserError, match="no per-pixel intervals"):
+        infer.main(["--task", "tumor", "--data-root", str(tumor_root), "--checkpoint",
+                    str(trained_tumor_tiny / "last.safetensors"), "--out", str(tmp_path / "o"), "--interval", "0.8"])
+
+
+def test_the_ablation_reports_each_settings_coverage_and_width(trained_tiny, tmp_path):
+    import csv
+
+    from eval import ablate
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=1, slices=2)
+    assert ablate.main(["--task", "ct", "--data-root", str(tmp_path / "data"), "--checkpoint",
+                        str(trained_tiny / "last.safetensors"), "--samplers", "ddim:1,ddpm:3", "--ensemble", "1,4",
+                        "--interval", "0.8", "--out", str(tmp_path / "abl")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    assert list(rows[0])[-2:] == ["coverage", "mean_width"] and len(rows) == 4
+    one_member = [r for r in rows if r["ensemble"] == "1"]
+    assert all(float(r["mean_width"]) == 0 for r in one_member)  # one member: a zero-width interval
+    assert (tmp_path / "abl" / "coverage.png").is_file()
