@@ -62,3 +62,11 @@ def trained_tumor_tiny(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tumor_tiny")
     write_tumor_layout(base / "data" / "tumor-segmentation")
     return train_two_steps(base, "tumor_tiny.yaml")
+
+
+def lr_by_step(run: Path) -> dict[int, float]:
+    """The logged learning rate of a run folder, by optimiser step."""
+    import json
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}

@@ -43,7 +43,8 @@ def test_other_settings_do_not_touch_the_original_predictor(trained_tumor_tiny):
     segmenter = load_predictor("tumor", trained_tumor_tiny / "last.safetensors")
     before = dict(segmenter.config["sample"])
     other = segmenter.with_sample(threshold=0.3, flip=True, min_component=9)
-    assert (other.threshold, other.min_component, other.flip_members) == (0.3, 9, True)
+    assert (other.config["sample"]["threshold"], other.config["sample"]["min_component"], other.flip_members) == \
+        (0.3, 9, True)
     assert segmenter.config["sample"] == before and other.denoiser is segmenter.denoiser
     with pytest.raises(UserError, match="unknown sample setting"):
         segmenter.with_sample(treshold=0.3)

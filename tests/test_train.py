@@ -9,7 +9,7 @@ import torch
 
 import train_diffusion
 from diffusion.checkpoint import load_slim
-from tests.conftest import REPO, write_ct_layout
+from tests.conftest import REPO, lr_by_step, write_ct_layout
 
 TINY = str(REPO / "configs/ct_tiny.yaml")
 
@@ -144,61 +144,11 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "Traceback" not in out.stderr
 
 
-def test_continue_schedule_from_slim_weights_goes_on_where_the_run_was(tmp_path):
-    """A run continued on another machine from its slim last.safetensors (--init --continue-schedule): the step
-    counter, the learning rate at every step, the data position (mid-epoch) and the EMA's decay go on as in the
-    uninterrupted run; only the optimiser's moments start fresh."""
-    import pytest
-
-    from diffusion.checkpoint import save_slim
-    from diffusion.errors import UserError
-
-    write_ct_layout(tmp_path / "data" / "ct-inpainting")
-    common = ["--config", TINY, "--data-root", str(tmp_path / "data"), "--set", "train.max_steps=4",
-              "--set", "train.batch_size=2", "--set", "train.val_every=100", "--set", "train.log_every=1"]
-    assert train_diffusion.main(common + ["--out", str(tmp_path / "straight")]) == 0
-    assert train_diffusion.main(common + ["--out", str(tmp_path / "first"), "--max-steps", "2"]) == 0
-    slim = tmp_path / "first" / "last.safetensors"
-    assert train_diffusion.main(common + ["--out", str(tmp_path / "cont"), "--init", str(slim),
-                                          "--continue-schedule"]) == 0
-    straight = torch.load(tmp_path / "straight/checkpoints/step_0000004.pt", weights_only=False)
-    cont = torch.load(tmp_path / "cont/checkpoints/step_0000004.pt", weights_only=False)
-    assert (cont["step"], cont["epoch"], cont["batch"], cont["micro"]) == \
-        (straight["step"], straight["epoch"], straight["batch"], straight["micro"]) == (4, 1, 1, 4)
-    assert cont["ema"]["optimization_step"] == straight["ema"]["optimization_step"] == 4
-    lr_straight, lr_cont = lr_by_step(tmp_path / "straight"), lr_by_step(tmp_path / "cont")
-    assert sorted(lr_cont) == [3, 4] and all(lr_cont[s] == lr_straight[s] for s in (3, 4))
-    with pytest.raises(UserError, match="needs --init"):
-        train_diffusion.main(common + ["--out", str(tmp_path / "x"), "--continue-schedule"])
-    state, config, _ = load_slim(slim)
-    save_slim(tmp_path / "nostep.safetensors", state, config, {})
-    with pytest.raises(UserError, match="does not record the step"):
-        train_diffusion.main(common + ["--out", str(tmp_path / "y"), "--init", str(tmp_path / "nostep.safetensors"),
-                                       "--continue-schedule"])
-    with pytest.raises(UserError, match="not inside this run's train.max_steps 2"):
-        train_diffusion.main(common + ["--out", str(tmp_path / "z"), "--init", str(slim), "--continue-schedule",
-                                       "--set", "train.max_steps=2"])
-
-    # a checkpoint written before a model key existed (its default) initialises the same network; another does not
-    older = {**config, "model": {k: v for k, v in config["model"].items() if k not in ("attention_head_dim", "dropout")}}
-    save_slim(tmp_path / "older.safetensors", state, older, {})
-    assert train_diffusion.main(common + ["--out", str(tmp_path / "older"), "--init",
-                                          str(tmp_path / "older.safetensors")]) == 0
-    save_slim(tmp_path / "other.safetensors", state, {**config, "model": {**config["model"], "dropout": 0.1}}, {})
-    with pytest.raises(UserError, match="model config differs"):
-        train_diffusion.main(common + ["--out", str(tmp_path / "w"), "--init", str(tmp_path / "other.safetensors")])
-
-
 def launch_two_processes(args: list[str], cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train_diffusion.py", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def lr_by_step(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["lr"] for r in rows if "lr" in r}
 
 
 def test_two_cpu_processes_schedule_max_minutes_and_resume(tmp_path):

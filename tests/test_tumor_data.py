@@ -1,14 +1,25 @@
-"""Tumor training data (issue #27): synthetic tumors pasted into healthy controls, the K-fold split by patient, and
-the geometric augmentation."""
+"""Tumor data: reading and validation, padding, the training crops and their levers (uptake jitter, controls, synthetic
+tumors pasted into healthy controls, zoom and rotation), and the patient splits (calibration, K folds)."""
+
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from diffusion.data.images import read_png, write_png
 from diffusion.data.split import fold_patients, split_by_config
 from diffusion.data.synthetic import make_pet_case
 from diffusion.data.synthetic_tumors import body_mask, paste_tumors, resized, tumor_patches
-from diffusion.data.tumor import TumorCases, TumorTrainDataset
-from diffusion.tasks import Case
+from diffusion.data.tumor import (
+    TumorCases,
+    TumorTrainDataset,
+    crop_back,
+    load_tumor_cases,
+    pad_to_multiple,
+)
+from diffusion.errors import DataError
+from diffusion.tasks import Case, get_task
+from tests.conftest import REPO
 
 
 def cases(patients: int = 3, controls: int = 2, seed: int = 0) -> TumorCases:
@@ -115,3 +126,139 @@ def test_a_fold_model_is_never_scored_on_its_own_training_patients():
         assert not (train & val) and not (train & calib) and not (val & calib)
         assert len(val) == 6 and len(calib) == 3 and all(p.startswith("control") for p in train - {
             c.patient for c in all_cases if not c.extra})
+
+
+def test_loads_patients_and_controls(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
+    assert cases.ids[:3] == ["patient_000", "patient_001", "patient_002"] and len(cases) == 5
+    assert all(img.shape[1] == 400 for img in cases.images)
+    assert cases.labels[0].max() == 1 and cases.labels[4].max() == 0 and cases.is_control == [False] * 3 + [True] * 2
+    assert len(load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)) == 3
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("shape", "differs from its image"),
+    ("values", "only \\[0, 255\\]"),
+    ("channels", "channels must be identical"),
+    ("corrupt", "not a readable image"),
+    ("missing", "file is missing"),
+])
+def test_label_validation_names_the_file(tumor_root, breakage, message):
+    label = tumor_root / "tumor-segmentation" / "patients" / "labels" / "segmentation_001.png"
+    if breakage == "shape":
+        write_png(label, np.zeros((100, 400, 3), np.uint8))
+    elif breakage == "values":
+        write_png(label, np.full((read_png(label).shape[0], 400, 3), 7, np.uint8))
+    elif breakage == "channels":
+        rgb = read_png(label, grey=False).copy()
+        rgb[0, 0] = (255, 0, 0)
+        write_png(label, rgb)
+    elif breakage == "corrupt":
+        label.write_bytes(b"junk")
+    else:
+        label.unlink()
+    with pytest.raises(DataError) as info:
+        load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    assert str(label) in str(info.value) and info.match(message)
+
+
+def test_pad_and_crop_back_round_trip_for_every_height():
+    rng = np.random.default_rng(0)
+    for height in range(300, 992):
+        image = rng.integers(0, 256, (height, 400), dtype=np.uint8)
+        padded = pad_to_multiple(image, 8, 255)
+        assert padded.shape[0] % 8 == 0 and padded.shape[1] % 8 == 0 and padded.shape[0] - height < 8
+        assert np.array_equal(crop_back(padded, image.shape), image)
+
+
+def test_tumor_crops_contain_tumor_more_often(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    biased = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
+    uniform = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.0)
+    hits = lambda ds: sum(ds[i % 3]["label"].max().item() for i in range(30) for _ in [ds.set_epoch(i)])
+    assert hits(biased) == 30 and hits(uniform) < 30
+    item = biased[0]
+    assert item["image"].shape == (64, 64) and set(item["label"].unique().tolist()) <= {0, 1}
+
+
+def test_intensity_augment_keeps_blank_blank_and_the_uptake_order():
+    from diffusion.data.tumor import intensity_augment
+
+    image = np.arange(256, dtype=np.uint8)[::-1].reshape(16, 16)  # 255 (no uptake) ... 0 (the most)
+    assert np.array_equal(intensity_augment(image, np.random.default_rng(0), 0.0), image)
+    changed = 0
+    for seed in range(20):
+        out = intensity_augment(image, np.random.default_rng(seed), 0.3)
+        assert out.dtype == np.uint8 and out.flat[0] == 255          # blank stays blank
+        assert np.all(np.diff(out.astype(int).ravel()) <= 0)        # more uptake never looks like less
+        changed += not np.array_equal(out, image)
+    assert changed == 20
+
+
+def test_intensity_aug_jitters_only_the_image_and_leaves_every_other_draw_as_it_was(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", progress=False)
+    plain = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.5, seed=3)
+    jittered = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=0.5, seed=3, intensity_aug=0.3)
+    differs = 0
+    for key in [(e, i) for e in range(4) for i in range(len(cases))]:
+        a, b = plain[key], jittered[key]
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["row0"], b["row0"])  # same crop, same flip
+        assert torch.equal(b["image"], jittered[key]["image"])  # deterministic in (seed, epoch, index)
+        differs += not torch.equal(a["image"], b["image"])
+    assert differs > 0
+    with pytest.raises(ValueError, match="intensity_aug"):
+        TumorTrainDataset(cases, intensity_aug=1.5)
+
+
+def test_control_fraction_sets_the_share_of_control_items(tumor_root):
+    cases = load_tumor_cases(tumor_root / "tumor-segmentation", include_controls=True, progress=False)
+    assert sum(cases.is_control) == 2 and len(cases) == 5
+
+    def hits(ds):  # per item of 4 epochs: does its crop hold tumor?
+        out = []
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            out += [ds[i]["label"].max().item() for i in range(len(ds))]
+        return out
+
+    only_patients = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=0.0)
+    only_controls = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0, control_fraction=1.0)
+    natural = TumorTrainDataset(cases, crop_size=64, tumor_crop_prob=1.0)
+    assert all(hits(only_patients)) and not any(hits(only_controls))
+    assert sum(hits(natural)) == 3 * 4  # every image once per epoch: the 3 patients' crops hold tumor
+    with pytest.raises(ValueError, match="control_fraction"):
+        TumorTrainDataset(cases, control_fraction=1.5)
+
+
+def test_the_calibration_split_never_holds_a_reported_or_trained_patient():
+    from diffusion.data.split import split_cases
+    from diffusion.tasks import Case
+
+    cases = [Case(f"patient_{i:03d}", f"patient_{i:03d}") for i in range(120)]
+    cases += [Case(f"control_{i:03d}", f"control_{i:03d}", extra=True) for i in range(10)]
+    sides = {w: {c.id for c in split_cases(cases, 30, 0, w, calib_patients=20)} for w in ("train", "val", "calib")}
+    assert len(sides["val"]) == 30 and len(sides["calib"]) == 20 and len(sides["train"]) == 70 + 10
+    assert not sides["calib"] & sides["val"] and not sides["calib"] & sides["train"]
+    assert not sides["val"] & sides["train"]
+    assert all(i.startswith("patient") for i in sides["calib"] | sides["val"])
+    assert sides["train"] | sides["val"] | sides["calib"] == {c.id for c in cases}
+    # the validation patients do not move when calibration patients are carved out
+    assert sides["val"] == {c.id for c in split_cases(cases, 30, 0, "val")}
+
+
+def test_with_calibration_patients_training_watches_them_not_the_reported_patients(tumor_root):
+    """best.safetensors is chosen by in-training validation: with data.calib_patients it runs on the calibration
+    patients, which are neither trained on nor among the validation patients."""
+    from diffusion.config import apply_overrides, load_config
+    from diffusion.data.split import split_cases
+    from diffusion.training import load_training_data
+
+    config = apply_overrides(load_config(REPO / "configs" / "tumor_tiny.yaml"), ["data.calib_patients=1"])
+    task = get_task("tumor", config["data"])
+    train_set, root, watched, _, summary = load_training_data(task, config, tumor_root, progress=False)
+    cases = task.list_cases(root, include_extra=True)
+    val = {c.id for c in split_cases(cases, 1, 0, "val", 1)}
+    trained = {c.id for c in split_cases(cases, 1, 0, "train", 1)}
+    assert len(watched) == 1 and not {c.id for c in watched} & (val | trained)
+    assert len(train_set) == len(trained) == 3 and "calib" in summary
+

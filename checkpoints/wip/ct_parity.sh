@@ -10,13 +10,9 @@
 # checkpoints/wip/<run>_last.safetensors: a finished stage's are its result, an unfinished one's go on).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
-CODE=/tmp/ct_parity_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the run
-[ -d "$CODE" ] || { mkdir -p "$CODE.part" && git archive HEAD | tar -x -C "$CODE.part" && mv "$CODE.part" "$CODE"; }
-maxmin=()
-if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomorrow
-  stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
-  maxmin=(--max-minutes $(( (stop - $(date +%s)) / 60 )))
-fi
+. checkpoints/wip/lib.sh
+CODE=$(code_snapshot ct_parity_code)
+maxmin=($(until_minutes))
 saved_step() {  # the step a slim checkpoint was saved at (0 when there is none)
   [ -f "$1" ] && python -c "import json,sys; from safetensors import safe_open; \
 print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$1" || echo 0

@@ -22,13 +22,9 @@ if [ "${1:-}" = eval ]; then
   done
   exit 0
 fi
-CODE=/tmp/tumor_levers_code_$(git rev-parse --short HEAD)  # the code as committed: later edits do not reach the runs
-[ -d "$CODE" ] || { mkdir -p "$CODE.part" && git archive HEAD | tar -x -C "$CODE.part" && mv "$CODE.part" "$CODE"; }
-maxmin=()
-if [ -n "${UNTIL:-}" ]; then  # a clock time; one already past today means tomorrow
-  stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
-  maxmin=(--max-minutes $(( (stop - $(date +%s)) / 60 )))
-fi
+. checkpoints/wip/lib.sh
+CODE=$(code_snapshot tumor_levers_code)
+maxmin=($(until_minutes))
 arm() {  # arm NAME [--set ...]
   local out=runs/tumor_lever_$1; shift
   local resume=() init=() wip=checkpoints/wip/$(basename "$out")_last.safetensors

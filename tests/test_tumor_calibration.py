@@ -1,0 +1,84 @@
+"""Tumor post-processing chosen on calibration patients: the threshold and component-size sweep, cross-fitting,
+several checkpoints, and the refusal to calibrate on the wrong patients."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.checkpoint import load_slim
+
+
+def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_root, tmp_path):
+    from eval import calibrate
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[:4] = 1
+    prob = np.where(truth > 0, 0.7, 0.2)
+    scores = calibrate.sweep([prob], [truth])
+    assert scores[0.5] == 1.0 and scores[0.1] < 1.0 and scores[0.9] == 0.0
+    out = tmp_path / "calibrated.safetensors"
+    assert calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root",
+                           str(tumor_root), "--split", "all", "--cross-fit", "3", "--out", str(out)]) == 0
+    _, config, extra = load_slim(out, expected_task="tumor")
+    report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
+    assert config["sample"]["threshold"] == report["threshold"] and extra["threshold_images"] == 3
+    assert config["sample"]["min_component"] == report["min_component"]
+    assert report["dice"] == max(report["sweep"].values())
+    assert 0 <= report["cross_fit"]["dice"] <= report["dice"] and len(report["cross_fit"]["settings"]) == 3
+
+
+def test_cross_fitting_scores_each_image_with_a_setting_chosen_without_it():
+    """Two images that want opposite thresholds: chosen on all, one setting serves both (in-sample 0.5 on
+    average at best); cross-fitted, each image gets the other's setting and scores 0."""
+    from eval import calibrate
+
+    table = np.zeros((2, len(calibrate.THRESHOLDS), len(calibrate.MIN_SIZES)))
+    table[0, 0, 0] = 1.0   # image 0 is perfect only at the lowest threshold
+    table[1, -1, 0] = 1.0  # image 1 only at the highest
+    _, _, in_sample = calibrate.best_setting(table)
+    crossed = calibrate.cross_fit(table, 2)
+    assert in_sample == 0.5 and crossed["dice"] == 0.0
+
+
+def test_cross_fitting_chooses_the_checkpoint_inside_each_fold():
+    """With a checkpoint axis the checkpoint is one more setting: in-sample the better checkpoint on average wins;
+    cross-fitted (leave one out), each image is scored with the checkpoint the other three preferred."""
+    from eval import calibrate
+
+    table = np.zeros((4, 2, len(calibrate.THRESHOLDS), len(calibrate.MIN_SIZES)))
+    table[:2, 1, 3, 2] = 1.0  # images 0 and 1 are perfect with checkpoint 1 at threshold 0.2, size 25
+    table[2:, 0, 0, 0] = 0.9  # images 2 and 3 are good only with checkpoint 0
+    index, dice = calibrate.best_cell(table)
+    assert calibrate.describe(index) == {"checkpoint": 1, "threshold": 0.2, "min_component": 25} and dice == 0.5
+    crossed = calibrate.cross_fit(table, 4)
+    assert crossed["dice"] == 0.0 and sorted(s["checkpoint"] for s in crossed["settings"]) == [0, 0, 1, 1]
+
+
+def test_calibration_over_several_checkpoints_writes_the_chosen_one(trained_tumor_tiny, tumor_root, tmp_path):
+    """A checkpoint that predicts no tumor anywhere (output bias -50: x0 = -1) loses to the trained one even when
+    listed first; the calibrated copy carries the winner's weights."""
+    from diffusion.checkpoint import save_slim
+    from eval import calibrate
+
+    good = trained_tumor_tiny / "last.safetensors"
+    state, config, extra = load_slim(good, expected_task="tumor")
+    bad = tmp_path / "blind.safetensors"
+    save_slim(bad, {**state, "conv_out.bias": torch.full_like(state["conv_out.bias"], -50.0)}, config, extra)
+    out = tmp_path / "calibrated.safetensors"
+    assert calibrate.main(["--checkpoint", str(bad), str(good), "--data-root", str(tumor_root), "--split", "all",
+                           "--cross-fit", "3", "--out", str(out)]) == 0
+    report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
+    assert report["checkpoint"] == str(good) and report["per_checkpoint"][str(bad)]["dice"] == 0.0
+    assert report["dice"] == report["per_checkpoint"][str(good)]["dice"] > 0
+    assert torch.equal(load_slim(out)[0]["conv_out.bias"], state["conv_out.bias"])
+
+
+def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_tumor_tiny, tumor_root, tmp_path):
+    from diffusion.errors import UserError
+    from eval import calibrate
+
+    with pytest.raises(UserError, match="calib_patients"):
+        calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root", str(tumor_root),
+                        "--split", "calib", "--out", str(tmp_path / "c.safetensors")])
+
