@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from diffusion.config import DEFAULTS
 from diffusion.evaluate import select_cases
 from diffusion.tasks import get_task
 from tests.conftest import REPO, write_ct_layout, write_tumor_layout
@@ -43,7 +44,7 @@ def test_calibrate_asks_for_the_split():
 def test_the_selection_line_says_how_many_of_how_many_and_why(tmp_path):
     task = get_task("ct")
     root = write_ct_layout(tmp_path / "ct-inpainting", patients=4, slices=2)
-    split = {"val_patients": 1, "split_seed": 0, "calib_patients": 1}
+    split = {**DEFAULTS["data"], "val_patients": 1, "split_seed": 0, "calib_patients": 1}  # a checkpoint's data section
     cases, line = select_cases(task, root, split, "all")
     assert len(cases) == 8 and line.startswith("selected 8 of 8 ct cases (4 of 4 patients)") and "split all" in line
     cases, line = select_cases(task, root, split, "val", whose="ckpt.safetensors")
