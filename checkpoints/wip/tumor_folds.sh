@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue #27: the 5-fold cross-validation and the fold-ensemble releases, one command, resumable.
+#   1. the segmenter on each fold (configs/tumor_folds_cpu.yaml, fresh, 1,200 steps; LEVERS: the --set flags of the
+#      levers the lever table keeps, e.g. LEVERS="--set data.rotate=0"), runs/tumor_fold<k>;
+#   2. the diffusion segmenter on each fold, warm-started from that fold's segmenter (bce_dice on the x0 estimate,
+#      timesteps biased to high noise, DDIM-2 with a flip pair: 5 folds x 4 evaluations = 20 per image), 600 steps,
+#      runs/tumor_dfold<k>;
+#   3. eval.crossval for each family: the cross-validated Dice (settings chosen out of fold) and the fold ensemble
+#      as one checkpoint (runs/tumor_seg_folds.safetensors, runs/tumor_seg_diffusion_folds.safetensors).
+# FOLDS (default "0 1 2 3 4"), PARALLEL (default 2) folds side by side, THREADS (default 1) threads each;
+# UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (from runs/, or from the slim weights committed as
+# checkpoints/wip/<run>_last.safetensors when runs/ is gone).
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+. checkpoints/wip/lib.sh
+CODE=$(code_snapshot tumor_folds_code)
+maxmin=($(until_minutes))
+FOLDS=${FOLDS:-0 1 2 3 4}
+train() {  # train OUT STEPS [args...]: one fold run, resumed if it was started
+  local out=$1 steps=$2; shift 2
+  [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
+  local resume=() wip=checkpoints/wip/$(basename "$out")_last.safetensors
+  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
+  elif [ -f "$wip" ]; then resume=(--continue-schedule); set -- "$@" --init "$wip"
+  fi
+  OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config configs/tumor_folds_cpu.yaml --out "$out" \
+      --data-root ../shared/data --set train.max_steps="$steps" "${maxmin[@]}" "${resume[@]}" "$@" >> "$out.log" 2>&1
+}
+in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every fold, PARALLEL at a time
+  local running=0
+  for k in $FOLDS; do
+    "$1" "$k" & running=$((running + 1))
+    if [ "$running" -ge "${PARALLEL:-2}" ]; then wait -n; running=$((running - 1)); fi
+  done
+  wait
+}
+segmenter() { train runs/tumor_fold$1 1200 --set data.fold=$1 ${LEVERS:-}; }
+diffusion() {
+  local init=runs/tumor_fold$1/last.safetensors
+  [ -f "$init" ] || init=checkpoints/wip/tumor_fold$1_last.safetensors
+  train runs/tumor_dfold$1 600 --set data.fold=$1 ${LEVERS:-} --init "$init" --set diffusion.objective=diffusion \
+      --set diffusion.timestep_power=0.3 --set train.lr=2e-4 --set train.warmup_steps=50 --set sample.sampler=ddim \
+      --set sample.steps=2 --set sample.ensemble=2 --set sample.flip=true
+}
+mkdir -p runs
+in_parallel segmenter
+in_parallel diffusion
+done_all() { for k in $FOLDS; do [ -f "runs/$1$k/checkpoints/step_$(printf %07d "$2").pt" ] || return 1; done; }
+if done_all tumor_fold 1200; then
+  python -m eval.crossval --checkpoint $(for k in $FOLDS; do echo runs/tumor_fold$k/last.safetensors; done) \
+      --data-root ../shared/data --out runs/tumor_cv --release runs/tumor_seg_folds.safetensors
+fi
+if done_all tumor_dfold 600; then
+  python -m eval.crossval --checkpoint $(for k in $FOLDS; do echo runs/tumor_dfold$k/last.safetensors; done) \
+      --data-root ../shared/data --out runs/tumor_dcv --release runs/tumor_seg_diffusion_folds.safetensors
+fi
