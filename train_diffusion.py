@@ -219,8 +219,8 @@ def provenance(argv: list[str] | None, accelerator: Accelerator, precision_line:
 
 def continued_step(path: str, max_steps: int) -> int:
     """The optimiser step a slim checkpoint was saved at (--continue-schedule)."""
-    _, _, extra = load_slim(path)
-    step = extra.get("step")
+    _, _, meta = load_slim(path)
+    step = meta.get("step")
     if not isinstance(step, int):
         raise UserError(f"--continue-schedule: {path} does not record the step it was saved at")
     if not 0 < step < max_steps:

@@ -2,7 +2,9 @@
 
 * Full training state (`runs/NAME/checkpoints/step_XXXXXXX.pt`): model, EMA, optimiser, LR scheduler, step and
   config; written atomically (temporary file, then rename) and rotated.
-* Slim inference checkpoint (`.safetensors`): EMA weights only, with the resolved config in the metadata.
+* Slim inference checkpoint (`.safetensors`): EMA weights only, with the resolved config in the metadata and the
+  run's facts about the weights (`meta`: the step, the validation score, where it was released from), stored under the
+  metadata key "extra" (the name of earlier versions; "extra" elsewhere means a case outside the split).
 """
 from __future__ import annotations
 
@@ -59,22 +61,22 @@ def latest_full_state(folder: Path) -> Path | None:
     return states[-1] if states else None
 
 
-def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, extra: dict | None = None,
+def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, meta: dict | None = None,
               dtype: torch.dtype = SLIM_DTYPE) -> None:
     """EMA weights (stored as `dtype`, fp16 by default to halve the size) plus the config as metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state_dict.items()}
     metadata = {"config": json.dumps(config), "task": config["task"], "format": "dmiai-diffusion-slim-v1"}
-    if extra:
-        metadata["extra"] = json.dumps(extra)
+    if meta:
+        metadata["extra"] = json.dumps(meta)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
 def read_slim_config(path: str | Path, expected_task: str | None = None) -> tuple[dict, dict]:
-    """(config, extra) of a slim checkpoint from its metadata, without reading the weights. Raises CheckpointError
+    """(config, meta) of a slim checkpoint from its metadata, without reading the weights. Raises CheckpointError
     with one clear line."""
     path = Path(path)
     if not path.is_file():
@@ -93,13 +95,13 @@ def read_slim_config(path: str | Path, expected_task: str | None = None) -> tupl
 
 
 def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """Return (float32 state dict, config, extra). Raises CheckpointError with one clear line."""
-    config, extra = read_slim_config(path, expected_task)
+    """Return (float32 state dict, config, meta). Raises CheckpointError with one clear line."""
+    config, meta = read_slim_config(path, expected_task)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
-    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, extra
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, meta
 
 
 MEMBER_PREFIX = "member{}."  # the weights of network k of a several-network checkpoint (a fold ensemble)

@@ -125,11 +125,11 @@ def main(argv=None) -> int:
     index, dice = best_cell(table)
     chosen = describe(index)
     source = args.checkpoint[chosen["checkpoint"]]
-    state, config, extra = load_slim(source, expected_task="tumor")
+    state, config, meta = load_slim(source, expected_task="tumor")
     config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
     if args.ensemble:
         config["sample"]["ensemble"] = args.ensemble
-    save_slim(Path(args.out), state, config, {**extra, "threshold_dice": dice, "threshold_images": len(cases),
+    save_slim(Path(args.out), state, config, {**meta, "threshold_dice": dice, "threshold_images": len(cases),
                                               "threshold_split": args.split, "calibrated_from": str(source)})
     untuned = (list(THRESHOLDS).index(0.5), 0)
     report = {"checkpoint": str(source), "threshold": chosen["threshold"], "min_component": chosen["min_component"],

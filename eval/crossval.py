@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         config = loaded[0][1]
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
         save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,
-                  {"members": len(loaded), "member_extras": [extra for _, _, extra in loaded],
+                  {"members": len(loaded), "member_meta": [meta for _, _, meta in loaded],
                    "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
                    "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release

@@ -25,9 +25,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if any(not s.startswith("sample.") for s in args.set):
         raise UserError("--set: only sample.* settings may change at release")
-    state, config, extra = load_slim(args.checkpoint)
+    state, config, meta = load_slim(args.checkpoint)
     config = apply_overrides(config, args.set)  # load_slim filled the keys added since it was trained
-    save_slim(Path(args.out), state, config, {**extra, "released_from": str(args.checkpoint)})
+    save_slim(Path(args.out), state, config, {**meta, "released_from": str(args.checkpoint)})
     try:  # the default setting must be one this model can run (e.g. a regressor only as regressor:1)
         predictor = load_predictor(config["task"], args.out)
         predictor.check_spec(predictor.default_spec()[0])

@@ -22,8 +22,8 @@ def test_slim_round_trip(tmp_path):
     config = tiny_config()
     net = build_denoiser(config).net
     save_slim(tmp_path / "m.safetensors", net.state_dict(), config, {"step": 7})
-    state, config2, extra = load_slim(tmp_path / "m.safetensors", expected_task="ct")
-    assert config2 == config and extra == {"step": 7}
+    state, config2, meta = load_slim(tmp_path / "m.safetensors", expected_task="ct")
+    assert config2 == config and meta == {"step": 7}
     net2 = build_denoiser(config2).net
     net2.load_state_dict(state)
     for (k, a), (_, b) in zip(net.state_dict().items(), net2.state_dict().items()):

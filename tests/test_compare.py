@@ -81,10 +81,10 @@ def test_compare_runs_infers_loop_on_the_same_cases(trained_tiny, tmp_path):
 def test_compare_refuses_checkpoints_that_split_the_patients_differently(trained_tiny, tmp_path):
     root = tmp_path / "data"
     write_ct_layout(root / "ct-inpainting", patients=4, slices=1, seed=5)
-    state, config, extra = load_slim(trained_tiny / "last.safetensors")
+    state, config, meta = load_slim(trained_tiny / "last.safetensors")
     config["data"]["split_seed"] = 7
     other = tmp_path / "other.safetensors"
-    save_slim(other, state, config, extra)
+    save_slim(other, state, config, meta)
     with pytest.raises(UserError, match="select different cases"):
         compare.main(["--task", "ct", "--data-root", str(root), "--split", "val", "--out", str(tmp_path / "o"),
                       "--variant", f"name=a,checkpoint={trained_tiny / 'last.safetensors'}",

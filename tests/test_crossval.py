@@ -55,9 +55,9 @@ def test_the_cross_validated_setting_is_chosen_on_other_folds(folds):
 
 def test_the_release_is_the_ensemble_of_the_fold_models(folds, tumor_root):
     base, runs, report = folds
-    state, config, extra = load_slim(base / "ensemble.safetensors")
+    state, config, meta = load_slim(base / "ensemble.safetensors")
     members = member_states(state)
-    assert len(members) == 2 and extra["members"] == 2
+    assert len(members) == 2 and meta["members"] == 2
     for member, run in zip(members, runs):
         own = load_slim(run)[0]
         assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)

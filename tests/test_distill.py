@@ -38,8 +38,8 @@ def student_runs(trained_tiny, tmp_path):
 def test_each_round_halves_the_step_count_in_its_saved_config(student_runs, trained_tiny):
     teacher_state, teacher_config, _ = load_slim(trained_tiny / "last.safetensors")
     for run, steps in [("round1", 2), ("round2", 1)]:
-        state, config, extra = load_slim(student_runs / run / "last.safetensors", expected_task="ct")
-        assert config["distill"]["student_steps"] == steps and extra["step"] == 2
+        state, config, meta = load_slim(student_runs / run / "last.safetensors", expected_task="ct")
+        assert config["distill"]["student_steps"] == steps and meta["step"] == 2
         assert (config["sample"]["sampler"], config["sample"]["steps"]) == ("distilled", steps)
         assert config["model"] == teacher_config["model"]
     # the student starts from the teacher: two small steps away from its weights, not from a random network

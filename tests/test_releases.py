@@ -47,9 +47,9 @@ def test_eval_release_changes_only_sample_settings_and_refuses_one_the_model_can
     source = trained_tumor_tiny / "last.safetensors"
     out = tmp_path / "release.safetensors"
     assert release.main(["--checkpoint", str(source), "--out", str(out), "--set", "sample.ensemble=2"]) == 0
-    state, config, extra = load_slim(out)
+    state, config, meta = load_slim(out)
     source_state, source_config, _ = load_slim(source)
-    assert config["sample"]["ensemble"] == 2 and extra["released_from"] == str(source)
+    assert config["sample"]["ensemble"] == 2 and meta["released_from"] == str(source)
     assert config["model"] == source_config["model"] and all((state[k] == source_state[k]).all() for k in state)
     with pytest.raises(UserError, match="sample"):
         release.main(["--checkpoint", str(source), "--out", str(tmp_path / "x.safetensors"), "--set", "train.lr=1"])

@@ -23,8 +23,8 @@ def test_two_steps_write_expected_files(trained_tiny):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert all(r["val_mae"] > 0 for r in rows if "val_mae" in r)
-    _, config, extra = load_slim(run / "last.safetensors", expected_task="ct")
-    assert config["model"]["block_out_channels"] == [8, 16] and extra["step"] == 2
+    _, config, meta = load_slim(run / "last.safetensors", expected_task="ct")
+    assert config["model"]["block_out_channels"] == [8, 16] and meta["step"] == 2
 
 
 def test_resume_latest_continues_from_the_last_step(tmp_path):

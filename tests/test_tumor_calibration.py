@@ -20,9 +20,9 @@ def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_roo
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root",
                            str(tumor_root), "--split", "all", "--cross-fit", "3", "--out", str(out)]) == 0
-    _, config, extra = load_slim(out, expected_task="tumor")
+    _, config, meta = load_slim(out, expected_task="tumor")
     report = json.loads((tmp_path / "calibrated.safetensors.threshold.json").read_text())
-    assert config["sample"]["threshold"] == report["threshold"] and extra["threshold_images"] == 3
+    assert config["sample"]["threshold"] == report["threshold"] and meta["threshold_images"] == 3
     assert config["sample"]["min_component"] == report["min_component"]
     assert report["dice"] == max(report["sweep"].values())
     assert 0 <= report["cross_fit"]["dice"] <= report["dice"] and len(report["cross_fit"]["settings"]) == 3
@@ -62,9 +62,9 @@ def test_calibration_over_several_checkpoints_writes_the_chosen_one(trained_tumo
     from eval import calibrate
 
     good = trained_tumor_tiny / "last.safetensors"
-    state, config, extra = load_slim(good, expected_task="tumor")
+    state, config, meta = load_slim(good, expected_task="tumor")
     bad = tmp_path / "blind.safetensors"
-    save_slim(bad, {**state, "conv_out.bias": torch.full_like(state["conv_out.bias"], -50.0)}, config, extra)
+    save_slim(bad, {**state, "conv_out.bias": torch.full_like(state["conv_out.bias"], -50.0)}, config, meta)
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main(["--checkpoint", str(bad), str(good), "--data-root", str(tumor_root), "--split", "all",
                            "--cross-fit", "3", "--out", str(out)]) == 0
