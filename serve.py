@@ -3,8 +3,8 @@
     python serve.py --task ct [--host 127.0.0.1] [--port 9050] [--checkpoint PATH] [--device cpu] [--budget 8]
     dmiai-serve --task tumor      # the same, as the installed console command
 
-The request and response formats are the task's (`diffusion/tasks/<task>.py`: `request_model`, `parse_request`,
-`encode_response`); this file knows no task.
+The request and response formats are the task's codec (`diffusion/tasks/<task>/codec.py`: `request_model`,
+`parse_request`, `encode_response`); this file knows no task.
 
 * The model is loaded once at start-up. `GET /` says the endpoint is running, `GET /api` gives service and uptime.
 * Deadline: the service keeps a running estimate of the seconds per network evaluation and, when the default
@@ -97,11 +97,11 @@ class Service:
     def __init__(self, predictor):
         self.predictor = predictor
         self.task = predictor.task
-        self.name = self.task.service_name
-        self.request_model, self.response_model = self.task.request_model, self.task.response_model
+        self.name = self.task.codec.service_name
+        self.request_model, self.response_model = self.task.codec.request_model, self.task.codec.response_model
 
     def parse(self, request) -> dict:
-        return self.task.parse_request(request)
+        return self.task.codec.parse_request(request)
 
     def default_plan(self) -> Plan:
         spec, ensemble = self.predictor.default_spec()
@@ -110,11 +110,11 @@ class Service:
     def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
         prediction = self.predictor.predict_one(inputs, spec=plan.spec, ensemble=plan.ensemble, seed=0,
                                                 callback=callback)
-        return self.task.encode_response(self.task.output_image(prediction))
+        return self.task.codec.encode_response(self.task.output_image(prediction))
 
     def warm_up(self) -> float:
         """Seconds per network evaluation, from 1-member predictions on blank inputs of the largest size."""
-        return seconds_per_evaluation(self, self.task.warm_up_inputs())
+        return seconds_per_evaluation(self, self.task.codec.warm_up_inputs())
 
 
 def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = None) -> FastAPI:

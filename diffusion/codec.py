@@ -35,10 +35,3 @@ def encode_field(image: np.ndarray) -> str:
 def file_field(path: Path) -> str:
     """A PNG file on disk as a request field (its bytes, base64)."""
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def check_values(image: np.ndarray, field: str, allowed: tuple[int, ...]) -> None:
-    bad = np.setdiff1d(np.unique(image), allowed)
-    if bad.size:
-        raise BadInput(field, f"values must be only {' and '.join(', '.join(map(str, allowed)).rsplit(', ', 1))}, "
-                              f"found {bad[:5].tolist()}")

@@ -34,7 +34,7 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     """(the cases of a data root on one side of a checkpoint's patient-level split, one line saying how many of how
     many were selected and why). `split_config`: the checkpoint's `data` section. With `split="val"` and a limit,
     the cases are spread over as many patients as possible."""
-    found = task.list_cases(root, include_extra)
+    found = task.layout.list_cases(root, include_extra)
     cases = found
     why = ["split all: every case"]
     if split != "all":
@@ -50,10 +50,10 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     if limit and len(cases) > limit:
         why.append(f"--limit {limit}")
     cases = cases[:limit] if limit else cases
-    if task.extra_name and not include_extra:
-        extra = len(task.list_cases(root, True)) - len(found)
+    if task.layout.extra_name and not include_extra:
+        extra = len(task.layout.list_cases(root, True)) - len(found)
         if extra:
-            why.append(f"{extra} {task.extra_name}s not included (--include-controls)")
+            why.append(f"{extra} {task.layout.extra_name}s not included (--include-controls)")
     patients = len({c.patient for c in cases})
     line = (f"selected {len(cases)} of {len(found)} {task.name} cases ({patients} of "
             f"{len({c.patient for c in found})} patients) in {root}: {'; '.join(why)}")
@@ -62,7 +62,7 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
 
 def scored_records(task: Task, records: list[dict]) -> list[dict]:
     """The records the task's metric averages: extra cases (healthy controls) only when there is nothing else."""
-    return [r for r in records if not (task.extra_name and r.get(task.extra_name))] or records
+    return [r for r in records if not (task.layout.extra_name and r.get(task.layout.extra_name))] or records
 
 
 def summarize(task: Task, records: list[dict]) -> dict:
@@ -87,8 +87,8 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     `interval` (e.g. 0.8): also the per-pixel central interval of the ensemble, written as interval_lower/ and
     interval_upper/ images, and, with the truth, its coverage and width over the task's predicted pixels (and the
     coverage at `COVERAGE_LEVELS`: out/interval.png). Returns the metrics (also written to out/metrics.json)."""
-    has_truth = task.has_truth(root, cases)
-    if interval is not None and not task.has_intervals:
+    has_truth = task.layout.has_truth(root, cases)
+    if interval is not None and not task.report.has_intervals:
         raise UserError(f"--interval: the {task.name} task has no per-pixel intervals")
     coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
         if interval is not None else {}
@@ -96,35 +96,35 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     totals: dict[str, list[float]] = {}
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
         start = time.perf_counter()  # the time a served request would take: reading the PNGs included
-        example = task.read_case(root, case, has_truth)
+        example = task.layout.read_case(root, case, has_truth)
         prediction = predictor.predict_one(example.inputs, spec=spec, ensemble=ensemble, seed=case_seed(case.id, seed))
         image = task.output_image(prediction)
         seconds.append(time.perf_counter() - start)
         if out is not None:
-            task.write_prediction(out, case, image)
+            task.layout.write_prediction(out, case, image)
         if interval is not None:
             lower, upper = interval_bounds(prediction.members, interval)
             if out is not None:
                 for side, bound in (("lower", lower), ("upper", upper)):
-                    write_png(Path(out) / f"interval_{side}" / task.prediction_path(out, case).name, to_uint8(bound))
+                    write_png(Path(out) / f"interval_{side}" / task.layout.prediction_path(out, case).name, to_uint8(bound))
             if has_truth:
-                where = task.interval_region(example)
+                where = task.report.interval_region(example)
                 for level, totals_ in coverage.items():
                     for key, value in interval_stats(*interval_bounds(prediction.members, level), example.truth,
                                                      where).items():
                         totals_[key] += value
         record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
-        if task.extra_name:
-            record[task.extra_name] = case.extra
+        if task.layout.extra_name:
+            record[task.layout.extra_name] = case.extra
         if has_truth:
             record.update(task.score(image, example.truth))
-            for key, (num, den) in (task.uncertainty_stats(example, prediction, image) or {}).items():
+            for key, (num, den) in (task.report.uncertainty_stats(example, prediction, image) or {}).items():
                 totals.setdefault(key, [0, 0])
                 totals[key][0] += num
                 totals[key][1] += den
         records.append(record)
         if len(rows) < OVERVIEW_CASES:
-            rows.append(task.overview_row(example, prediction, image, record))
+            rows.append(task.report.overview_row(example, prediction, image, record))
             titles.append(case.id + (f" {task.metric.upper()} {record[task.metric]:.2f}" if has_truth else ""))
     metrics = {"task": task.name, "n": len(records), "checkpoint": predictor.checkpoint, "sampler": str(spec),
                "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": predictor.flip_members,
@@ -133,7 +133,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     if has_truth:
         metrics.update(summarize(task, records))
         if totals:
-            metrics["uncertainty"] = task.uncertainty_summary(totals)
+            metrics["uncertainty"] = task.report.uncertainty_summary(totals)
         if coverage:
             rate = {level: c["covered"] / max(1, c["pixels"]) for level, c in coverage.items()}
             metrics["interval"] = {"level": interval, "coverage": rate[interval],
@@ -146,7 +146,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     metrics["cases"] = records
     overview = overview or (out / "overview.png" if out is not None else None)
     if overview is not None and rows:
-        plot_cases(overview, list(task.overview_columns), rows, titles, list(task.overview_cmaps))
+        plot_cases(overview, list(task.report.overview_columns), rows, titles, list(task.report.overview_cmaps))
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -161,9 +161,9 @@ def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> d
     the truth of `root`: the per-case values and the summary that `run_cases` gives for the same images."""
     records = []
     for case in tqdm(cases, desc=f"scoring {task.name}", leave=False):
-        truth = task.read_case(root, case, with_truth=True).truth
-        record = {"id": case.id, "patient": case.patient, **({task.extra_name: case.extra} if task.extra_name else {})}
-        record.update(task.score(task.read_prediction(pred_dir, case), truth))
+        truth = task.layout.read_case(root, case, with_truth=True).truth
+        record = {"id": case.id, "patient": case.patient, **({task.layout.extra_name: case.extra} if task.layout.extra_name else {})}
+        record.update(task.score(task.layout.read_prediction(pred_dir, case), truth))
         records.append(record)
     summary = summarize(task, records)
     return {"task": task.name, "n": len(records), "predictions": str(pred_dir), **summary, "cases": records}
@@ -175,7 +175,7 @@ def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, 
     """The cases of a data root that (split, limit, extra cases) select, predicted and scored: shared by infer.py
     and eval.ablate. `split` refers to the checkpoint's own patient-level split."""
     task = predictor.task
-    root, where = task.resolve_root(data_root)
+    root, where = task.layout.resolve_root(data_root)
     cases, selection = select_cases(task, root, predictor.config["data"], split, limit, include_extra,
                                     whose=str(predictor.checkpoint or "the model"))
     if not cases:

@@ -254,7 +254,7 @@ class Predictor:
     @torch.no_grad()
     def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
                     seed: int = 0, callback=None) -> Prediction:
-        """One case's inputs (as `Task.read_case` and `Task.parse_request` give them) -> its prediction: the
+        """One case's inputs (as `Task.layout.read_case` and `Task.codec.parse_request` give them) -> its prediction: the
         checkpoint's default sampler and ensemble unless given; `seed` seeds the members' noise; `callback(state)`
         after every sampler step (it may raise to stop sampling)."""
         default_spec, default_ensemble = self.default_spec()

@@ -19,8 +19,8 @@ def load_training_data(task: Task, config: dict, data_root, progress: bool):
     the calibration patients (`data.calib_patients`) are left out of both; extra cases (healthy controls) always
     train."""
     dc, tc = config["data"], config["train"]
-    root, where = task.resolve_root(data_root)
-    cases = task.list_cases(root, include_extra=dc["controls"])
+    root, where = task.layout.resolve_root(data_root)
+    cases = task.layout.list_cases(root, include_extra=dc["controls"])
     train_cases = split_by_config(cases, dc, "train")
     # with calibration patients, in-training validation (and so best.safetensors) is chosen on them, never on the
     # validation patients whose score is reported

@@ -32,7 +32,7 @@ from diffusion.evaluate import add_split_argument
 from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
-from diffusion.tasks.tumor import remove_small_components
+from diffusion.tasks.tumor.postprocess import remove_small_components
 from eval.compare import common_cases
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -112,9 +112,9 @@ def main(argv=None) -> int:
         if args.split == "calib" and not segmenter.config["data"]["calib_patients"]:
             raise UserError(f"{path}: trained without calibration patients (data.calib_patients 0): train with "
                             f"--set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
-    root, _ = task.resolve_root(args.data_root)
+    root, _ = task.layout.resolve_root(args.data_root)
     cases = common_cases(task, root, segmenters, args.checkpoint, args.split, args.limit, False)
-    examples = [task.read_case(root, case, with_truth=True) for case in cases]
+    examples = [task.layout.read_case(root, case, with_truth=True) for case in cases]
     tables = []
     for path, segmenter in zip(args.checkpoint, segmenters):
         probabilities = [segmenter.predict_one(example.inputs, ensemble=args.ensemble,

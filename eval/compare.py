@@ -170,9 +170,9 @@ def main(argv=None) -> int:
     if len(set(names)) != len(names):
         raise UserError(f"--variant: names must differ ({', '.join(names)})")
     predictors = load_variants(task.name, variants, args.device)
-    root, where = task.resolve_root(args.data_root)
+    root, where = task.layout.resolve_root(args.data_root)
     cases = common_cases(task, root, predictors, names, args.split, args.limit, args.include_controls)
-    if not task.has_truth(root, cases):
+    if not task.layout.has_truth(root, cases):
         raise UserError(f"{root}: the selected {task.name} cases have no truth to compare against")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

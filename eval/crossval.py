@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     task = get_task("tumor")
     models = fold_models(args.checkpoint)
-    root, where = task.resolve_root(args.data_root)
+    root, where = task.layout.resolve_root(args.data_root)
     print(where, file=sys.stderr)
     probabilities, truths, ids, fold_of, high, low = [], [], [], [], [0, 0], [0, 0]
     for k, predictor in models:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                                    whose=str(predictor.checkpoint))
         print(f"fold {k}: {line}", file=sys.stderr)
         for case in tqdm(cases, desc=f"fold {k} out-of-fold"):
-            example = task.read_case(root, case, with_truth=True)
+            example = task.layout.read_case(root, case, with_truth=True)
             prediction = predictor.predict_one(example.inputs, seed=case_seed(case.id))
             probabilities.append(prediction.probability)
             truths.append(example.truth)

@@ -88,8 +88,8 @@ def infer_row(task: str, device: str, limit: int, data: Path, out: Path) -> dict
 def request_body(task: str, data: Path) -> dict:
     """The first case of the data root as the task's competition request."""
     task = get_task(task)
-    root, _ = task.resolve_root(data)
-    return task.request_body(root, task.list_cases(root)[0])
+    root, _ = task.layout.resolve_root(data)
+    return task.codec.request_body(root, task.layout.list_cases(root)[0])
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from diffusion.tasks import get_task, task_names
 
 def request_bodies(task, root: Path, n: int) -> list[bytes]:
     """The first n cases of the data root as the task's competition requests."""
-    return [json.dumps(task.request_body(root, case)).encode() for case in task.list_cases(root)[:n]]
+    return [json.dumps(task.codec.request_body(root, case)).encode() for case in task.layout.list_cases(root)[:n]]
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the report JSON here too")
     args = p.parse_args(argv)
     task = get_task(args.task)
-    root, _ = task.resolve_root(args.data_root)
+    root, _ = task.layout.resolve_root(args.data_root)
     bodies = request_bodies(task, root, args.cases)
     latencies: list[float] = []
     errors: list[str] = []

@@ -39,14 +39,14 @@ def main(argv=None) -> int:
     pred = Path(args.pred)
     if not pred.is_dir():
         raise UserError(f"--pred {pred}: folder does not exist")
-    root, where = task.resolve_root(args.data_root)
+    root, where = task.layout.resolve_root(args.data_root)
     split_config = None
     if args.split != "all":
         split_config = load_slim(args.checkpoint or released_checkpoint(task), expected_task=task.name)[1]["data"]
     cases, selection = select_cases(task, root, split_config, args.split, args.limit, args.include_controls,
                                     whose=str(args.checkpoint or "the released checkpoint"))
     print(selection, file=sys.stderr)
-    if not task.has_truth(root, cases):
+    if not task.layout.has_truth(root, cases):
         raise UserError(f"{root}: the data root has no ground truth to score against")
     result = score_folder(task, pred, root, cases)
     out = Path(args.out)

@@ -39,11 +39,11 @@ def test_every_patient_is_scored_once_by_the_fold_that_did_not_train_on_it(folds
     base, runs, report = folds
     task = get_task("tumor")
     root = base / "data" / "tumor-segmentation"
-    patients = [c.id for c in task.list_cases(root)]
+    patients = [c.id for c in task.layout.list_cases(root)]
     assert sorted(report["per_patient"]) == sorted(patients) and report["patients"] == 4
     for case_id, row in report["per_patient"].items():
         config = load_slim(runs[row["fold"]])[1]["data"]
-        trained = {c.patient for c in split_by_config(task.list_cases(root, True), config, "train")}
+        trained = {c.patient for c in split_by_config(task.layout.list_cases(root, True), config, "train")}
         assert case_id not in trained
 
 
@@ -63,8 +63,8 @@ def test_the_release_is_the_ensemble_of_the_fold_models(folds, tumor_root):
         assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
     assert config["sample"]["threshold"] == report["chosen"]["threshold"]
     predictor = load_predictor("tumor", base / "ensemble.safetensors")
-    image = get_task("tumor").read_case(get_task("tumor").resolve_root(tumor_root)[0],
-                                        get_task("tumor").list_cases(get_task("tumor").resolve_root(tumor_root)[0])[0],
+    image = get_task("tumor").layout.read_case(get_task("tumor").layout.resolve_root(tumor_root)[0],
+                                        get_task("tumor").layout.list_cases(get_task("tumor").layout.resolve_root(tumor_root)[0])[0],
                                         False).inputs
     prediction = predictor.predict_one(image, seed=0)
     assert prediction.image.dtype == np.uint8 and set(np.unique(prediction.image)) <= {0, 255}

@@ -2,20 +2,16 @@
 import numpy as np
 import pytest
 
-from diffusion.data import (
-    CTTrainDataset,
-    load_ct_slices,
-    random_mask,
-    split_indices,
-    split_patients,
-)
+from diffusion.data import random_mask, split_indices, split_patients
 from diffusion.data.images import write_png
 from diffusion.errors import DataError
 from diffusion.tasks import get_task
+from diffusion.tasks.ct.dataset import CTTrainDataset
+from diffusion.tasks.ct.layout import load_ct_slices
 
 
 def test_loads_generated_layout(ct_root):
-    root, where = get_task("ct").resolve_root(ct_root)
+    root, where = get_task("ct").layout.resolve_root(ct_root)
     slices = load_ct_slices(root, progress=False)
     assert len(slices) == 8 and slices.ids[0] == "000_0"
     assert slices.corrupted.shape == (8, 256, 256) and slices.ct.dtype == np.uint8
@@ -25,26 +21,26 @@ def test_loads_generated_layout(ct_root):
 
 
 def test_task_folder_itself_is_a_valid_root(ct_root):
-    root, _ = get_task("ct").resolve_root(ct_root / "ct-inpainting")
+    root, _ = get_task("ct").layout.resolve_root(ct_root / "ct-inpainting")
     assert root.name == "ct-inpainting"
 
 
 def test_missing_data_root_is_named(tmp_path):
     with pytest.raises(DataError, match="does-not-exist"):
-        get_task("ct").resolve_root(tmp_path / "does-not-exist")
+        get_task("ct").layout.resolve_root(tmp_path / "does-not-exist")
 
 
 def test_no_data_root_anywhere_says_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DMIAI_DATA", raising=False)
     with pytest.raises(DataError, match="no data root found.*--data-root"):
-        get_task("ct").resolve_root(None)
+        get_task("ct").layout.resolve_root(None)
 
 
 def test_env_var_is_used(ct_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DMIAI_DATA", str(ct_root))
-    root, where = get_task("ct").resolve_root(None)
+    root, where = get_task("ct").layout.resolve_root(None)
     assert "DMIAI_DATA" in where and root.name == "ct-inpainting"
 
 
@@ -52,8 +48,8 @@ def test_env_var_is_used(ct_root, tmp_path, monkeypatch):
     ("missing", "file is missing"),
     ("corrupt", "not a readable image"),
     ("size", "expected 256x256"),
-    ("mask_values", "only \\[0, 255\\]"),
-    ("tissue_values", "only \\[0, 100, 255\\]"),
+    ("mask_values", "only 0 and 255, found \\[7\\]"),
+    ("tissue_values", "only 0, 100 and 255, found \\[50\\]"),
     ("vertebra_text", "must be an integer"),
     ("vertebra_range", "out of range"),
 ])

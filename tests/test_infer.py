@@ -8,8 +8,8 @@ import pytest
 
 import infer
 from diffusion.checkpoint import load_slim, save_slim
-from diffusion.data import load_ct_slices
 from diffusion.data.images import read_png
+from diffusion.tasks.ct.layout import load_ct_slices
 from tests.conftest import REPO, write_ct_layout
 
 

@@ -60,8 +60,25 @@ import torch
 
 from diffusion.data.images import read_png
 from diffusion.metrics import image_mae
-from diffusion.tasks.base import Case, Encoded, Example, Prediction, Task
+from diffusion.tasks.base import Case, Encoded, Example, Layout, Prediction, Task
 from samplers.ensemble import reduce_ensemble
+
+
+class ToyLayout(Layout):
+    folder = "toy-denoise"
+    marker = "noisy"
+
+    def list_cases(self, root, include_extra=False):
+        ids = sorted(p.stem[len("noisy_"):] for p in (Path(root) / "noisy").glob("noisy_*.png"))
+        return [Case(i, i.split("_")[0]) for i in ids]
+
+    def has_truth(self, root, cases):
+        return (Path(root) / "clean").is_dir()
+
+    def read_case(self, root, case, with_truth):
+        noisy = read_png(Path(root) / "noisy" / f"noisy_{case.id}.png")
+        truth = read_png(Path(root) / "clean" / f"clean_{case.id}.png") if with_truth else None
+        return Example(case, {"noisy": noisy}, truth)
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -80,24 +97,11 @@ class ToyDataset(torch.utils.data.Dataset):
 @dataclass(frozen=True)
 class ToyDenoise(Task):
     name: str = "toy"
-    folder: str = "toy-denoise"
-    marker: str = "noisy"
     cond_channels: int = 1
-
-    def list_cases(self, root, include_extra=False):
-        ids = sorted(p.stem[len("noisy_"):] for p in (Path(root) / "noisy").glob("noisy_*.png"))
-        return [Case(i, i.split("_")[0]) for i in ids]
-
-    def has_truth(self, root, cases):
-        return (Path(root) / "clean").is_dir()
-
-    def read_case(self, root, case, with_truth):
-        noisy = read_png(Path(root) / "noisy" / f"noisy_{case.id}.png")
-        truth = read_png(Path(root) / "clean" / f"clean_{case.id}.png") if with_truth else None
-        return Example(case, {"noisy": noisy}, truth)
+    layout = ToyLayout()
 
     def training_dataset(self, root, cases, config, progress):
-        return ToyDataset([(e.inputs["noisy"], e.truth) for e in (self.read_case(root, c, True) for c in cases)])
+        return ToyDataset([(e.inputs["noisy"], e.truth) for e in (self.layout.read_case(root, c, True) for c in cases)])
 
     def training_batch(self, batch):
         target = batch["clean"].float().unsqueeze(1) / 127.5 - 1

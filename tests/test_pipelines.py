@@ -22,15 +22,15 @@ def infer_and_pipeline(task_name: str, checkpoint, root, tmp_path):
     assert infer.main(["--task", task_name, "--data-root", str(root), "--checkpoint", str(checkpoint), "--out",
                        str(out), "--limit", "1", "--seed", "3"]) == 0
     task = get_task(task_name)
-    root_dir = task.resolve_root(root)[0]
-    case = task.list_cases(root_dir)[0]
-    inputs = task.read_case(root_dir, case, with_truth=False).inputs
+    root_dir = task.layout.resolve_root(root)[0]
+    case = task.layout.list_cases(root_dir)[0]
+    inputs = task.layout.read_case(root_dir, case, with_truth=False).inputs
     assert export.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "exported")]) == 0
     pipe = PIPELINE[task_name].from_pretrained(tmp_path / "exported")
     call = ({"corrupted": inputs["corrupted"], "mask": inputs["missing_mask"] * 255, "tissue": inputs["tissue"],
              "vertebra": inputs["vertebra"]} if task_name == "ct" else {"image": inputs["image"]})
     result = pipe(**call, seed=case_seed(case.id, 3))
-    written = read_png(task.prediction_path(out, case))
+    written = read_png(task.layout.prediction_path(out, case))
     return (written[..., 0] if written.ndim == 3 else written), result
 
 

@@ -30,9 +30,9 @@ def test_release_has_a_card_and_predicts_with_its_default_setting(path, ct_root,
     predictor = load_predictor(task.name, path)
     spec, ensemble = predictor.default_spec()
     predictor.check_spec(spec)  # e.g. a regressor released with a diffusion sampler fails here
-    root, _ = task.resolve_root(ct_root if task.name == "ct" else tumor_root)
-    case = task.list_cases(root)[0]
-    example = task.read_case(root, case, with_truth=True)
+    root, _ = task.layout.resolve_root(ct_root if task.name == "ct" else tumor_root)
+    case = task.layout.list_cases(root)[0]
+    example = task.layout.read_case(root, case, with_truth=True)
     image = task.output_image(predictor.predict_one(example.inputs, seed=0))
     assert image.shape == example.truth.shape and image.dtype == np.uint8
     if task.name == "tumor":

@@ -113,61 +113,50 @@ def test_tumor_weight_scales_only_tumor_pixels():
     assert get_task("tumor", {"tumor_weight": 5.0}) is not get_task("tumor")
 
 
-def _ct_case(error: np.ndarray, spread: np.ndarray):
-    """A 4x8 slice, all missing and inside the body, truth 100, prediction 100 + error, the given spread."""
-    from diffusion.inference import Prediction
-    from diffusion.tasks import Case, Example
+@pytest.mark.parametrize("field, file_key, image", [
+    ("mask_image", "mask", np.full((256, 256), 7, np.uint8)),
+    ("tissue_image", "tissue", np.full((256, 256), 50, np.uint8)),
+    ("corrupted_image", "corrupted", np.zeros((128, 256), np.uint8)),
+])
+def test_a_bad_ct_image_gets_the_same_words_on_disk_and_in_a_request(ct_root, field, file_key, image):
+    """The layout's rule is the codec's rule: the same broken image, written as a file and sent as a request field,
+    is refused with the same problem (after the file's path / the field's name)."""
+    from diffusion.codec import BadInput
+    from diffusion.data.images import write_png
+    from diffusion.errors import DataError
+    from diffusion.tasks.ct.layout import slice_files
 
-    truth = np.full(error.shape, 100, np.uint8)
-    inputs = {"missing_mask": np.ones(error.shape, np.uint8), "tissue": np.full(error.shape, 100, np.uint8)}
-    image = (truth + error).astype(np.uint8)
-    return Example(Case("000_0", "000"), inputs, truth), Prediction(image=image.astype(float), uncertainty=spread), image
-
-
-def test_ct_uncertainty_metric_separates_informative_from_uninformative_spread():
     task = get_task("ct")
-    error = np.zeros((4, 8))
-    error[0, :4] = 20                                   # 4 of 32 pixels are badly wrong
-    agree = np.where(error > 0, 10.0, 0.1)              # the spread marks exactly those
-    disagree = np.where(error > 0, 0.1, 10.0)           # the spread marks everything else
-    for spread, informative in ((agree, True), (disagree, False)):
-        example, prediction, image = _ct_case(error, spread)
-        stats = task.uncertainty_stats(example, prediction, image)
-        summary = task.uncertainty_summary({k: list(v) for k, v in stats.items()})
-        assert stats["top"][1] == 4 and stats["rest"][1] == 28  # ceil(10 % of 32) most uncertain pixels
-        if informative:
-            assert summary["mae_top10"] == 20 and summary["mae_rest"] == 0 and summary["ratio"] is None
-        else:
-            assert summary["mae_top10"] == 0 and summary["mae_rest"] == 80 / 28 and summary["ratio"] == 0
-        by_bin = {(r["spread_from"], r["spread_to"]): r for r in summary["reliability"] if r["share"]}
-        assert by_bin[(8.0, 16.0)]["mae"] == (20 if informative else 0)
-        assert abs(sum(r["share"] for r in summary["reliability"]) - 1) < 1e-9
+    root = ct_root / "ct-inpainting"
+    case = task.layout.list_cases(root)[0]
+    body = task.codec.request_body(root, case)
+    path = slice_files(root, case.id)[file_key]
+    write_png(path, image)
+    with pytest.raises(DataError) as on_disk:
+        task.layout.read_case(root, case, with_truth=False)
+    with pytest.raises(BadInput) as in_request:
+        task.codec.parse_request(task.codec.request_model(**{**body, field: task.codec.request_body(root, case)[field]}))
+    assert str(on_disk.value) == f"{path}: {str(in_request.value).split(': ', 1)[1]}"
+    assert str(in_request.value).startswith(f"{field}: ")
 
 
-def test_bce_dice_loss_rewards_the_right_mask_and_asks_for_nothing_on_empty_crops():
-    """The segmentation loss on logits: the right mask costs almost nothing, its inverse a lot, a half-right one in
-    between; on an empty (healthy) target an empty prediction costs almost nothing; forward() reads the output as a
-    logit, so the x0 estimate is 2 sigmoid - 1."""
-    from diffusion.denoiser import soft_dice_loss
+@pytest.mark.parametrize("image", [
+    np.dstack([np.full((50, 40), 200, np.uint8), np.zeros((50, 40), np.uint8), np.zeros((50, 40), np.uint8)]),
+    np.full((50, 401, 3), 255, np.uint8),
+])
+def test_a_bad_pet_image_gets_the_same_words_on_disk_and_in_a_request(tumor_root, image):
+    from diffusion.codec import BadInput
+    from diffusion.data.images import write_png
+    from diffusion.errors import DataError
+    from diffusion.tasks.tumor.layout import case_files
 
-    label = torch.zeros(1, 1, 8, 8)
-    label[..., :4, :4] = 1
-    target = label * 2 - 1
-    weight = torch.ones_like(label)
-
-    def loss_for(logits):
-        d = Denoiser(ConstantNet(logits), loss="bce_dice", objective="regress")
-        return float(d.loss(target, torch.zeros(1, 1, 8, 8), None, weight)[0].detach())
-
-    right, wrong = loss_for(10 * target), loss_for(-10 * target)
-    half = 10 * target.clone()
-    half[..., :2, :4] = -10
-    assert right < 0.01 and wrong > 5 and right < loss_for(half) < wrong
-    empty = -torch.ones(1, 1, 8, 8)
-    d = Denoiser(ConstantNet(-10 * torch.ones(1, 1, 8, 8)), loss="bce_dice", objective="regress")
-    assert float(d.loss(empty, torch.zeros(1, 1, 8, 8), None, weight)[0].detach()) < 0.01
-    assert float(soft_dice_loss(torch.full((1, 1, 8, 8), 0.9), torch.zeros(1, 1, 8, 8), weight)[0]) > 0.95
-    x0, _ = d(torch.zeros(1, 1, 8, 8), torch.tensor(999), torch.zeros(1, 1, 8, 8))
-    assert torch.allclose(x0, 2 * torch.sigmoid(torch.tensor(-10.0)) - 1)
-    with pytest.raises(ValueError, match="bce_dice"):
-        Denoiser(ConstantNet(target), loss="bce_dice", prediction_type="epsilon")
+    task = get_task("tumor")
+    root = tumor_root / "tumor-segmentation"
+    case = task.layout.list_cases(root)[0]
+    path = case_files(root, case)[0]
+    write_png(path, image)
+    with pytest.raises(DataError) as on_disk:
+        task.layout.read_case(root, case, with_truth=False)
+    with pytest.raises(BadInput) as in_request:
+        task.codec.parse_request(task.codec.request_model(**task.codec.request_body(root, case)))
+    assert str(on_disk.value) == f"{path}: {str(in_request.value).split(': ', 1)[1]}"

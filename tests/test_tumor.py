@@ -95,7 +95,7 @@ def test_infer_tumor_end_to_end(trained_tumor_tiny, tumor_root, tmp_path):
 
 
 def test_component_filter_drops_only_small_components():
-    from diffusion.tasks.tumor import remove_small_components
+    from diffusion.tasks.tumor.postprocess import remove_small_components
 
     mask = np.zeros((40, 40), np.uint8)
     mask[2:4, 2:4] = 255        # 4 pixels
@@ -153,8 +153,8 @@ def test_deterministic_segmenter_with_flip_averages_the_image_and_its_mirror(tum
                                  "--set", "sample.flip=true"]) == 0
     segmenter = Predictor.from_checkpoint(run / "last.safetensors")
     task = get_task("tumor")
-    root, _ = task.resolve_root(tumor_root)
-    image = task.read_case(root, task.list_cases(root)[0], False).inputs["image"]
+    root, _ = task.layout.resolve_root(tumor_root)
+    image = task.layout.read_case(root, task.layout.list_cases(root)[0], False).inputs["image"]
     both = segmenter.predict_one({"image": image}, ensemble=2)
     single = segmenter.with_sample(flip=False)
     plain = single.predict_one({"image": image}, ensemble=1).probability

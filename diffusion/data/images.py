@@ -58,3 +58,24 @@ def write_png(path: Path, image: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(image))
+
+
+def values_problem(image: np.ndarray, allowed: tuple[int, ...]) -> str | None:
+    """What is wrong with an image whose pixels may take only `allowed` values (a line without the file or field
+    name, which the caller adds), or None."""
+    bad = np.setdiff1d(np.unique(image), allowed)
+    if not bad.size:
+        return None
+    return (f"values must be only {' and '.join(', '.join(map(str, allowed)).rsplit(', ', 1))}, "
+            f"found {bad[:5].tolist()}")
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int, value: int) -> np.ndarray:
+    """Pad (H, W) at the bottom and right to multiples of `multiple`; `crop_back` undoes it."""
+    h, w = image.shape
+    ph, pw = -h % multiple, -w % multiple
+    return np.pad(image, ((0, ph), (0, pw)), constant_values=value) if ph or pw else image
+
+
+def crop_back(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return padded[..., : shape[0], : shape[1]]

@@ -1,134 +1,14 @@
-"""The competition's tumor segmentation layout: reading, validation, padding and the training dataset.
-
-patients/imgs/patient_PPP.png (PET MIP, identical RGB channels), patients/labels/segmentation_PPP.png
-({0,255} in all channels, same shape), controls/imgs/control_CCC.png (healthy: the label is all 0).
-Width 400, height up to 991. Intensities are inverted: dark = high uptake.
-"""
+"""The tumor training dataset: crops (tumor-centred or not) of patients and healthy controls, with the levers of
+issue #27 (synthetic tumors pasted into controls, zoom and rotation, uptake jitter, whole-width crops)."""
 from __future__ import annotations
-
-import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from diffusion.data.images import read_png
-from diffusion.data.synthetic_tumors import paste_tumors, tumor_patches
 from diffusion.errors import DataError
-
-MAX_HEIGHT, MAX_WIDTH = 991, 400   # the competition's bounds
-_PATIENT = re.compile(r"^patient_(\d+)\.png$")
-_CONTROL = re.compile(r"^control_(\d+)\.png$")
-
-
-def check_rgb(image: np.ndarray, path: Path) -> np.ndarray:
-    """Identical channels -> (H, W) uint8; raises DataError naming the file."""
-    if image.ndim != 3 or not (np.array_equal(image[..., 0], image[..., 1])
-                               and np.array_equal(image[..., 0], image[..., 2])):
-        raise DataError(f"{path}: the three colour channels must be identical")
-    h, w = image.shape[:2]
-    if not (1 <= h <= MAX_HEIGHT and 1 <= w <= MAX_WIDTH):
-        raise DataError(f"{path}: {w}x{h} pixels is outside the competition's bounds (width <= {MAX_WIDTH}, "
-                        f"height <= {MAX_HEIGHT})")
-    return image[..., 0].copy()
-
-
-def read_tumor_case(image_path: Path, label_path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
-    image = check_rgb(read_png(image_path, grey=False), image_path)
-    if label_path is None:
-        return image, None
-    label = check_rgb(read_png(label_path, grey=False), label_path)
-    if label.shape != image.shape:
-        raise DataError(f"{label_path}: shape {label.shape[1]}x{label.shape[0]} differs from its image "
-                        f"{image_path.name} ({image.shape[1]}x{image.shape[0]})")
-    bad = np.setdiff1d(np.unique(label), (0, 255))
-    if bad.size:
-        raise DataError(f"{label_path}: values must be only [0, 255], found {bad[:5].tolist()}")
-    return image, (label > 0).astype(np.uint8)
-
-
-def list_tumor_cases(root: Path, include_controls: bool) -> list[tuple[str, Path, Path | None, bool]]:
-    """(id, image path, label path or None, is_control), patients first, sorted by number."""
-    root = Path(root)
-    folder = root / "patients" / "imgs"
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder is missing (expected the competition's tumor layout)")
-    cases = []
-    for p in sorted(folder.iterdir(), key=lambda q: q.name):
-        if m := _PATIENT.match(p.name):
-            label = root / "patients" / "labels" / f"segmentation_{m.group(1)}.png"
-            cases.append((f"patient_{m.group(1)}", p, label if (root / "patients" / "labels").is_dir() else None,
-                          False))
-    if include_controls and (root / "controls" / "imgs").is_dir():
-        for p in sorted((root / "controls" / "imgs").iterdir(), key=lambda q: q.name):
-            if m := _CONTROL.match(p.name):
-                cases.append((f"control_{m.group(1)}", p, None, True))
-    if not cases:
-        raise DataError(f"{folder}: no patient_PPP.png files")
-    return cases
-
-
-@dataclass
-class TumorCases:
-    """Validated images (variable height, width 400) with 0/1 labels (controls: all zero)."""
-
-    ids: list[str]
-    images: list[np.ndarray]
-    labels: list[np.ndarray] | None
-    is_control: list[bool] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def patients(self) -> list[str]:
-        return self.ids
-
-    def subset(self, indices) -> TumorCases:
-        idx = list(indices)
-        return TumorCases([self.ids[i] for i in idx], [self.images[i] for i in idx],
-                          None if self.labels is None else [self.labels[i] for i in idx],
-                          [self.is_control[i] for i in idx])
-
-
-def load_tumor_cases(root: Path, include_controls: bool = False, need_truth: bool = False,
-                     progress: bool = True, ids: list[str] | None = None) -> TumorCases:
-    """Read and validate the cases (only those in `ids`, when given)."""
-    cases = list_tumor_cases(root, include_controls)
-    if ids is not None:
-        wanted = set(ids)
-        cases = [c for c in cases if c[0] in wanted]
-    has_truth = all(c[2] is not None or c[3] for c in cases)
-    if need_truth and not has_truth:
-        raise DataError(f"{Path(root) / 'patients' / 'labels'}: folder is missing (training needs the labels)")
-
-    def read(case):
-        _, image_path, label_path, control = case
-        image, label = read_tumor_case(image_path, label_path if has_truth else None)
-        if control and has_truth:
-            label = np.zeros_like(image)
-        return image, label
-
-    with ThreadPoolExecutor(4) as pool:
-        items = list(tqdm(pool.map(read, cases), total=len(cases), desc="reading PET images", disable=not progress,
-                          leave=False))
-    return TumorCases([c[0] for c in cases], [i for i, _ in items], [lab for _, lab in items] if has_truth else None,
-                      [c[3] for c in cases])
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int, value: int) -> np.ndarray:
-    """Pad (H, W) at the bottom and right to multiples of `multiple`; `crop_back` undoes it."""
-    h, w = image.shape
-    ph, pw = -h % multiple, -w % multiple
-    return np.pad(image, ((0, ph), (0, pw)), constant_values=value) if ph or pw else image
-
-
-def crop_back(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return padded[..., : shape[0], : shape[1]]
+from diffusion.tasks.tumor.layout import TumorCases
+from diffusion.tasks.tumor.synthetic_tumors import paste_tumors, tumor_patches
 
 
 def intensity_augment(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -148,7 +28,7 @@ class TumorTrainDataset(torch.utils.data.Dataset):
     `control_fraction` (None: every image equally often, so the 426 controls outnumber the 120 training patients)
     is the share of items drawn from the healthy controls; the rest come from the patients, each group uniformly.
     `synthetic_fraction` > 0: that share of the items is a healthy control with tumors cut from the training
-    patients pasted in (`diffusion.data.synthetic_tumors`), the pasted components its label.
+    patients pasted in (`synthetic_tumors.py`), the pasted components its label.
     `intensity_aug` > 0 jitters each crop's uptake (`intensity_augment`); `zoom` > 0 scales the crop by a
     log-uniform factor in [1 / (1 + zoom), 1 + zoom] and `rotate` > 0 turns it by up to that many degrees (image and
     label by one affine map). Items: image and label crops and the crop's first row in the whole image (for the
