@@ -24,31 +24,24 @@ def plan_round(config: dict, teacher_config: dict) -> dict:
     """The student's resolved config: the teacher's network and schedule, half its steps, the distilled sampler.
     `distill.mode: ensemble`: one step, trained towards the teacher's default ensemble (see EnsembleDistillationLoss)."""
     dc = config["distill"]
-    if dc["mode"] == "ensemble":
-        if teacher_config["diffusion"]["objective"] != "diffusion":
-            raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
-        sample = teacher_config["sample"]
-        student = dict(config)
-        student["model"] = teacher_config["model"]
-        student["diffusion"] = dict(teacher_config["diffusion"])
-        student["distill"] = {**dc, "teacher_steps": int(sample["steps"]), "student_steps": 1,
-                              "teacher_ensemble": int(sample["ensemble"]), "teacher_flip": bool(sample["flip"])}
-        student["sample"] = {**config["sample"], "sampler": "distilled", "steps": 1, "ensemble": 1, "flip": False}
-        return student
-    if dc["mode"] != "progressive":
+    if dc["mode"] not in ("progressive", "ensemble"):
         raise UserError(f"distill.mode {dc['mode']!r}: progressive or ensemble")
-    teacher_steps = int(teacher_config["distill"]["student_steps"] or dc["teacher_steps"])
-    if teacher_steps < 2 or teacher_steps % 2:
-        raise UserError(f"distill.teacher {dc['teacher']}: the teacher samples in {teacher_steps} steps; "
-                        f"distillation needs an even number >= 2")
     if teacher_config["diffusion"]["objective"] != "diffusion":
         raise UserError(f"distill.teacher {dc['teacher']}: a regressor cannot be distilled")
-    student = dict(config)
-    student["model"] = teacher_config["model"]
-    student["diffusion"] = dict(teacher_config["diffusion"])
-    student["distill"] = {**dc, "teacher_steps": teacher_steps, "student_steps": teacher_steps // 2}
-    student["sample"] = {**config["sample"], "sampler": "distilled", "steps": teacher_steps // 2}
-    return student
+    sample = teacher_config["sample"]
+    if dc["mode"] == "ensemble":
+        distill = {"teacher_steps": int(sample["steps"]), "student_steps": 1,
+                   "teacher_ensemble": int(sample["ensemble"]), "teacher_flip": bool(sample["flip"])}
+        student_sample = {"steps": 1, "ensemble": 1, "flip": False}
+    else:
+        teacher_steps = int(teacher_config["distill"]["student_steps"] or dc["teacher_steps"])
+        if teacher_steps < 2 or teacher_steps % 2:
+            raise UserError(f"distill.teacher {dc['teacher']}: the teacher samples in {teacher_steps} steps; "
+                            f"distillation needs an even number >= 2")
+        distill = {"teacher_steps": teacher_steps, "student_steps": teacher_steps // 2}
+        student_sample = {"steps": teacher_steps // 2}
+    return {**config, "model": teacher_config["model"], "diffusion": dict(teacher_config["diffusion"]),
+            "distill": {**dc, **distill}, "sample": {**config["sample"], "sampler": "distilled", **student_sample}}
 
 
 def load_teacher(config: dict, build_denoiser):
