@@ -140,8 +140,8 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None,
                    help="start from the weights of a slim .safetensors checkpoint (e.g. a released one) with a "
                         "fresh optimiser: continues training across machines where only slim weights travel; a "
-                        "config that adds model.attention_levels grows the network, each new block starting as the "
-                        "identity")
+                        "config that adds model.attention_levels or raises model.layers_per_block grows the network, "
+                        "each new block starting as the identity (function-preserving)")
     p.add_argument("--continue-schedule", action="store_true",
                    help="with --init: go on with the run the slim checkpoint came from, at its step (saved in it): "
                         "the same learning-rate schedule, data order and random draws; only the optimiser's moments "
@@ -254,12 +254,13 @@ def build_model(config: dict, args, teacher):
         if old == new:
             denoiser.net.load_state_dict(state)
         elif grown_model_config(old, new):
-            added = grow_into(denoiser.net, state)
-            print(f"--init {args.init}: {len(added)} self-attention block(s) added at model.attention_levels "
-                  f"{new['attention_levels']}, each starting as the identity")
+            added = grow_into(denoiser.net, state, old["layers_per_block"])
+            print(f"--init {args.init}: grown from {old['layers_per_block']} to {new['layers_per_block']} layers per "
+                  f"block, self-attention at model.attention_levels {new['attention_levels']}: {len(added)} new "
+                  f"block(s), each starting as the identity")
         else:
             raise UserError(f"--init {args.init}: its model config differs from {args.config} (beyond "
-                            f"self-attention added at more model.attention_levels)")
+                            f"self-attention at more model.attention_levels or more model.layers_per_block)")
     if config["train"]["channels_last"]:
         denoiser.net.to(memory_format=torch.channels_last)
     return denoiser

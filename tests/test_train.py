@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import train_diffusion
@@ -280,3 +281,45 @@ def test_init_grows_self_attention_as_the_identity(trained_tiny, tmp_path):
     assert float(after["down_blocks.1.attentions.0.to_out.0.weight"].abs().max()) < 0.05
     with pytest.raises(UserError, match="model config differs"):
         train_diffusion.main(common + ["--out", str(tmp_path / "wider"), "--set", "model.block_out_channels=[8,32]"])
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "regress"])
+def test_a_grown_network_computes_what_the_smaller_one_did(trained_tiny, objective):
+    """Issue #28.4: one more layer per block (and self-attention at a new level) added to a trained network, every new
+    block starting as the identity: before any training, the grown denoiser's loss on a fixed batch and its x0
+    estimate equal the smaller one's, for the diffusion and the regression objective."""
+    from diffusion.inference import build_denoiser
+    from diffusion.network import grow_into
+
+    state, config, _ = load_slim(trained_tiny / "last.safetensors")
+    config = {**config, "diffusion": {**config["diffusion"], "objective": objective}}
+    grown_config = {**config, "model": {**config["model"], "layers_per_block": 2, "attention_levels": [1]}}
+    assert config["model"]["layers_per_block"] == 1
+    small, grown = build_denoiser(config).eval(), build_denoiser(grown_config).eval()
+    small.net.load_state_dict(state)
+    added = grow_into(grown.net, state, old_layers=1)
+    assert "down_blocks.0.resnets.1" in added and "up_blocks.0.resnets.1" in added
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in small.parameters())
+    torch.manual_seed(0)
+    x0 = torch.rand(3, 1, 32, 32) * 2 - 1
+    cond = torch.randn(3, small.net.config.in_channels - 1, 32, 32)
+    labels, weight = torch.tensor([1, 3, 5]), torch.ones(3, 1, 32, 32)
+    t, noise = torch.tensor([0, 400, 999]), torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        losses = [d.loss(x0, cond, labels, weight, t=t, noise=noise) for d in (small, grown)]
+        estimates = [d(d.add_noise(x0, noise, t), t, cond, labels)[0] for d in (small, grown)]
+    assert torch.allclose(*losses, atol=1e-5) and torch.allclose(*estimates, atol=1e-5)
+    grown.net.load_state_dict(build_denoiser(grown_config).net.state_dict())  # the same network, fresh: differs
+    with torch.no_grad():
+        assert not torch.allclose(losses[0], grown.loss(x0, cond, labels, weight, t=t, noise=noise), atol=1e-3)
+
+
+def test_init_grows_layers_per_block(trained_tiny, tmp_path):
+    """`--init` with more model.layers_per_block trains on from the smaller network's weights."""
+    write_ct_layout(tmp_path / "data" / "ct-inpainting")
+    assert train_diffusion.main(["--config", TINY, "--data-root", str(tmp_path / "data"), "--init",
+                                 str(trained_tiny / "last.safetensors"), "--max-steps", "1", "--out",
+                                 str(tmp_path / "deeper"), "--set", "model.layers_per_block=2"]) == 0
+    after = torch.load(tmp_path / "deeper/checkpoints/step_0000001.pt", weights_only=False)["model"]
+    assert "down_blocks.0.resnets.1.conv2.weight" in after
+    assert float(after["down_blocks.0.resnets.1.conv2.weight"].abs().max()) < 0.05  # one step from zero
