@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Issue #28.3, the interval study: on 20 validation slices (one each from 20 patients: --limit spreads over the patients), the
+# released diffusion model's per-pixel central 80 % interval, the MAE of the per-pixel median, and the coverage curve,
+# for the near-deterministic one-step members (DDIM-1) and ancestral sampling (DDPM-10), 4 and 16 members each.
+# One harness run (same slices, same seeds): runs/intervals/{results.csv,coverage.png,pareto.png}.
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+. checkpoints/wip/lib.sh
+CODE=$(code_snapshot ct_intervals_code)
+REPO=$PWD DATA=$(cd ../shared/data && pwd)
+cd "$CODE" && OMP_NUM_THREADS=${THREADS:-1} python -m eval.ablate --task ct --data-root "$DATA" --split val \
+    --limit 20 --checkpoint checkpoints/ct_inpaint_diffusion.safetensors --samplers ddim:1,ddpm:10 --ensemble 4,16 \
+    --interval 0.8 --out "$REPO"/runs/intervals > "$REPO"/runs/intervals.log 2>&1
