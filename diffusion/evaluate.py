@@ -103,14 +103,15 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
         if out is not None:
             task.layout.write_prediction(out, case, image)
         if interval is not None:
-            lower, upper = interval_bounds(prediction.members, interval)
+            grid = task.report.interval_resolution
+            lower, upper = interval_bounds(prediction.members, interval, grid)
             if out is not None:
                 for side, bound in (("lower", lower), ("upper", upper)):
                     write_png(Path(out) / f"interval_{side}" / task.layout.prediction_path(out, case).name, to_uint8(bound))
             if has_truth:
                 where = task.report.interval_region(example)
                 for level, totals_ in coverage.items():
-                    for key, value in interval_stats(*interval_bounds(prediction.members, level), example.truth,
+                    for key, value in interval_stats(*interval_bounds(prediction.members, level, grid), example.truth,
                                                      where).items():
                         totals_[key] += value
         record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}

@@ -51,12 +51,17 @@ def patient_mean_se(values, patients) -> tuple[float, float]:
     return mean, float(np.sqrt(p / (p - 1) * np.square(residual).sum()) / values.size)
 
 
-def interval_bounds(members: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+def interval_bounds(members: np.ndarray, level: float, resolution: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The central per-pixel `level` interval of an ensemble (E, H, W): its (1 - level) / 2 and (1 + level) / 2
-    quantiles over the members (linear interpolation between order statistics)."""
+    quantiles over the members (linear interpolation between order statistics). `resolution`: the answer's grid (CT:
+    1 grey level, the submitted image is uint8): the bounds are rounded to it, so the interval holds the answers one
+    could submit, and a pixel all members agree on covers the truth when the rounded answer is right."""
     if not 0 < level < 1:
         raise ValueError(f"interval level {level}: must be in (0, 1)")
     lower, upper = np.quantile(members, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    if resolution:
+        lower, upper = np.rint(lower / resolution) * resolution, np.rint(upper / resolution) * resolution
     return lower, upper
 
 

@@ -29,6 +29,19 @@ def test_coverage_counts_the_truths_inside_the_interval_on_the_chosen_pixels():
     assert stats == {"pixels": 5, "covered": 3, "width": pytest.approx(5 * 80.0)}  # 10 and 90 are inside
 
 
+def test_on_the_answers_grid_members_that_agree_cover_a_truth_they_round_to():
+    """CT answers are whole grey levels: members 117.2-117.4 (all submit 117) cover a truth of 117 on the grid of 1,
+    and do not as raw floats; a truth of 118 is covered on neither."""
+    members = np.array([117.2, 117.3, 117.3, 117.4]).reshape(4, 1, 1)
+    where = np.ones((1, 1), bool)
+    for truth, on_grid, raw in ((117, 1, 0), (118, 0, 0)):
+        t = np.full((1, 1), truth, np.uint8)
+        assert interval_stats(*interval_bounds(members, 0.8, 1.0), t, where)["covered"] == on_grid
+        assert interval_stats(*interval_bounds(members, 0.8), t, where)["covered"] == raw
+    lower, upper = interval_bounds(members, 0.8, 1.0)
+    assert lower.item() == upper.item() == 117.0
+
+
 def test_a_level_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match="interval level"):
         interval_bounds(np.zeros((4, 2, 2)), 1.0)

@@ -113,6 +113,7 @@ class Report:
     overview_columns: tuple[str, ...] = ("input", "prediction", "truth")
     overview_cmaps: tuple[str, ...] = ("gray", "gray", "gray")
     has_intervals: bool = False      # predictions carry ensemble members with a per-pixel scale (CT: grey levels)
+    interval_resolution: float | None = None  # the grid the answer is submitted on (CT: 1 grey level)
 
     def overview_row(self, example: Example, prediction: Prediction, image: np.ndarray, record: dict) -> list:
         return [next(iter(example.inputs.values())), image, example.truth]

@@ -19,6 +19,7 @@ class CTReport(Report):
     overview_columns = ("corrupted", "prediction", "truth", "|error|", "uncertainty")
     overview_cmaps = ("gray", "gray", "gray", "magma", "viridis")
     has_intervals = True
+    interval_resolution = 1.0
 
     def overview_row(self, example: Example, prediction: Prediction, image: np.ndarray, record: dict) -> list:
         truth = example.truth
