@@ -9,5 +9,5 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 CODE=$(code_snapshot ct_intervals_code)
 REPO=$PWD DATA=$(cd ../shared/data && pwd)
 cd "$CODE" && OMP_NUM_THREADS=${THREADS:-1} python -m eval.ablate --task ct --data-root "$DATA" --split val \
-    --limit 20 --checkpoint checkpoints/ct_inpaint_diffusion.safetensors --samplers ddim:1,ddpm:10 --ensemble 4,16 \
-    --interval 0.8 --out "$REPO"/runs/intervals > "$REPO"/runs/intervals.log 2>&1
+    --limit 20 --checkpoint checkpoints/ct_inpaint_diffusion.safetensors --samplers ${SAMPLERS:-ddim:1,ddpm:10} --ensemble ${ENSEMBLE:-4,16} \
+    --interval 0.8 --out "$REPO"/runs/${OUT:-intervals} > "$REPO"/runs/${OUT:-intervals}.log 2>&1
