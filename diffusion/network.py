@@ -77,10 +77,11 @@ def grow_into(net: UNet2DModel, state: dict, old_layers: int | None = None) -> l
     if result.unexpected_keys or stray:
         raise ValueError(f"the weights do not fit this network beyond added blocks (missing {stray[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]})")
+    partly = [name for name in new_modules if any(key.startswith(name + ".") for key in state)]
+    if partly:
+        raise ValueError(f"{partly[0]}: partly in the checkpoint, partly new")
     for name in sorted(new_modules):
         module = net.get_submodule(name)
-        if any(key.startswith(name + ".") and key in state for key in net.state_dict()):
-            raise ValueError(f"{name}: partly in the checkpoint, partly new")
         if isinstance(module, Attention):
             torch.nn.init.zeros_(module.to_out[0].weight)
             torch.nn.init.zeros_(module.to_out[0].bias)
