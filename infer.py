@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from diffusion.errors import UserError, run_cli
-from diffusion.evaluate import add_split_argument, evaluate
+from diffusion.evaluate import add_split_argument, calibrated_margins, evaluate
 from diffusion.inference import load_predictor, released_for_sampler, resolve_spec
 from diffusion.tasks import get_task, task_names
 from samplers import REPAINT_JUMPS, SAMPLERS
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--interval", type=float, default=None, metavar="LEVEL",
                    help="CT: also the per-pixel central LEVEL interval of the ensemble (e.g. 0.8; needs a stochastic "
                         "sampler and --ensemble > 1 to mean anything): interval_lower/ and interval_upper/ images, "
-                        "and its coverage and width when the data has the truth")
+                        "and its coverage and width when the data has the truth; calibrated when the checkpoint has "
+                        "margins from eval.calibrate_interval for this sampler and ensemble")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     add_split_argument(p)
@@ -79,6 +80,12 @@ def main(argv=None) -> int:
     out = Path(args.out or f"out/{task.name}")
     if args.interval is not None and not 0 < args.interval < 1:
         raise UserError(f"--interval {args.interval}: a level in (0, 1), e.g. 0.8")
+    if args.interval is not None:
+        margins = calibrated_margins(predictor, spec, ensemble)
+        print(f"--interval {args.interval}: " + (
+            f"the ensemble's interval widened by {margins[args.interval]:g} (fitted on calibration patients)"
+            if args.interval in margins else "the raw quantiles of the ensemble, not calibrated (they cover less "
+            "than the level says; python -m eval.calibrate_interval fits a margin)"), file=sys.stderr)
     metrics = evaluate(predictor, args.data_root, spec, ensemble, split=args.split, limit=args.limit,
                        include_extra=args.include_controls, seed=args.seed, out=out, interval=args.interval)
     print(metrics.pop("data"), file=sys.stderr)

@@ -13,6 +13,7 @@ from diffusion.errors import UserError
 from diffusion.data.images import write_png
 from diffusion.figures import plot_cases, plot_coverage, plot_reliability
 from diffusion.inference import Predictor, case_seed, to_uint8
+from diffusion.config import spec_of
 from diffusion.metrics import interval_bounds, interval_stats, patient_mean_se, timing_summary
 from diffusion.tasks import Case, Task
 from samplers import SamplerSpec
@@ -78,6 +79,23 @@ def summarize(task: Task, records: list[dict]) -> dict:
 COVERAGE_LEVELS = (0.2, 0.5, 0.8, 0.9, 0.95)  # nominal levels of the interval reliability curve
 
 
+def calibrated_margins(predictor: Predictor, spec: SamplerSpec, ensemble: int) -> dict[float, float]:
+    """The conformal interval margins stored with the checkpoint (`sample.interval_margins`, by level), when this
+    run samples as they were fitted (the checkpoint's own sampler, ensemble and flip); otherwise none."""
+    sample = predictor.config["sample"]
+    same = (spec == spec_of(sample) and ensemble == int(sample["ensemble"])
+            and predictor.flip_members == bool(sample["flip"]))
+    return {float(level): float(m) for level, m in (sample.get("interval_margins") or {}).items()} if same else {}
+
+
+def level_bounds(members, level: float, grid: float | None, margins: dict[float, float]):
+    """The per-pixel central `level` interval of the members on the answer's grid, widened by its conformal margin
+    when there is one for that level."""
+    lower, upper = interval_bounds(members, level, grid)
+    margin = margins.get(level, 0.0)
+    return lower - margin, upper + margin
+
+
 def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
               seed: int = 0, out: Path | None = None, overview: Path | None = None, progress: bool = True,
               interval: float | None = None) -> dict:
@@ -92,6 +110,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
         raise UserError(f"--interval: the {task.name} task has no per-pixel intervals")
     coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
         if interval is not None else {}
+    margins = calibrated_margins(predictor, spec, ensemble) if interval is not None else {}
     records, seconds, rows, titles = [], [], [], []
     totals: dict[str, list[float]] = {}
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
@@ -104,15 +123,15 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             task.layout.write_prediction(out, case, image)
         if interval is not None:
             grid = task.report.interval_resolution
-            lower, upper = interval_bounds(prediction.members, interval, grid)
+            lower, upper = level_bounds(prediction.members, interval, grid, margins)
             if out is not None:
                 for side, bound in (("lower", lower), ("upper", upper)):
                     write_png(Path(out) / f"interval_{side}" / task.layout.prediction_path(out, case).name, to_uint8(bound))
             if has_truth:
                 where = task.report.interval_region(example)
                 for level, totals_ in coverage.items():
-                    for key, value in interval_stats(*interval_bounds(prediction.members, level, grid), example.truth,
-                                                     where).items():
+                    for key, value in interval_stats(*level_bounds(prediction.members, level, grid, margins),
+                                                     example.truth, where).items():
                         totals_[key] += value
         record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
         if task.layout.extra_name:
@@ -139,7 +158,8 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             rate = {level: c["covered"] / max(1, c["pixels"]) for level, c in coverage.items()}
             metrics["interval"] = {"level": interval, "coverage": rate[interval],
                                    "mean_width": coverage[interval]["width"] / max(1, coverage[interval]["pixels"]),
-                                   "pixels": coverage[interval]["pixels"],
+                                   "pixels": coverage[interval]["pixels"], "margin": margins.get(interval),
+                                   "calibrated": interval in margins,
                                    "coverage_by_level": {str(level): rate[level] for level in sorted(rate)}}
             if out is not None:
                 plot_coverage({f"{spec} E={ensemble}": rate}, Path(out) / "interval.png",

@@ -65,6 +65,25 @@ def interval_bounds(members: np.ndarray, level: float, resolution: float | None 
     return lower, upper
 
 
+def conformity_scores(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """How far outside [lower, upper] each truth `where` lies (negative: inside, by that much). The interval widened
+    by m on both sides holds exactly the truths whose score is <= m."""
+    t = truth[where].astype(np.float64)
+    return np.maximum(lower[where] - t, t - upper[where])
+
+
+def conformal_margin(scores: np.ndarray, level: float) -> float:
+    """The split-conformal margin of conformalized quantile regression (Romano et al. 2019): the
+    ceil((n + 1) level)-th smallest of n calibration scores (`conformity_scores`). Widening every interval by it on
+    both sides covers a new truth exchangeable with the calibration ones with probability >= `level`. Never
+    negative: it widens an interval that covers too little and leaves one that covers enough as it is."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    rank = int(np.ceil((scores.size + 1) * level))
+    if not 0 < level < 1 or rank > scores.size:
+        raise ValueError(f"{scores.size} calibration pixels are too few for a conformal {level} interval")
+    return max(0.0, float(np.partition(scores, rank - 1)[rank - 1]))
+
+
 def interval_stats(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, where: np.ndarray) -> dict[str, float]:
     """Over the pixels `where` (e.g. the missing pixels inside the body): how many there are, how many of them the
     interval [lower, upper] holds the truth of, and the summed width; add over cases, then divide."""

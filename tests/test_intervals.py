@@ -1,5 +1,6 @@
 """Per-pixel intervals from an ensemble (issue #28.3): the bounds and the coverage are computed right on a case
-whose quantiles are known, and infer.py --interval writes them."""
+whose quantiles are known, infer.py --interval writes them, and the conformal margin fitted on calibration cases
+(eval.calibrate_interval) makes them cover what their level says."""
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import infer
 from diffusion.data.images import read_png
 from diffusion.errors import UserError
-from diffusion.metrics import interval_bounds, interval_stats
+from diffusion.metrics import conformal_margin, conformity_scores, interval_bounds, interval_stats
 from tests.conftest import write_ct_layout
 
 
@@ -86,3 +87,61 @@ def test_the_ablation_reports_each_settings_coverage_and_width(trained_tiny, tmp
     one_member = [r for r in rows if r["ensemble"] == "1"]
     assert all(float(r["mean_width"]) == 0 for r in one_member)  # one member: a zero-width interval
     assert (tmp_path / "abl" / "coverage.png").is_file()
+
+
+def test_the_conformity_score_is_how_far_the_truth_lies_outside_the_interval():
+    lower, upper = np.full((1, 5), 10.0), np.full((1, 5), 90.0)
+    truth = np.array([[5, 10, 50, 95, 200]], np.uint8)
+    where = np.array([[True, True, True, True, False]])
+    assert conformity_scores(lower, upper, truth, where).tolist() == [5, 0, -40, 5]
+
+
+def test_the_conformal_margin_is_the_ceil_n_plus_one_level_th_smallest_score():
+    scores = np.random.default_rng(0).permutation(np.arange(1, 100, dtype=np.float64))  # 1..99, n = 99
+    assert conformal_margin(scores, 0.8) == 80  # rank ceil(100 * 0.8) = 80
+    assert conformal_margin(scores, 0.5) == 50
+    assert conformal_margin(-scores, 0.8) == 0  # an interval that already covers is never narrowed
+    with pytest.raises(ValueError, match="too few"):
+        conformal_margin(np.arange(3.0), 0.8)  # rank 4 of 3
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.95])
+def test_a_margin_fitted_on_calibration_pixels_gives_new_pixels_the_coverage_of_its_level(level):
+    """Overconfident members (spread 1, truth spread 4 around the same centre): the raw interval covers far less than
+    its level; widened by the margin fitted on other, exchangeable pixels it covers the level."""
+    rng = np.random.default_rng(1)
+    centre = rng.uniform(50, 200, (2, 100, 100))
+    members = centre[:, None] + rng.normal(0, 1, (2, 8, 100, 100))
+    truth = centre + rng.normal(0, 4, (2, 100, 100))
+    where = np.ones((100, 100), bool)
+    (lo_c, hi_c), (lo_t, hi_t) = (interval_bounds(members[i], level) for i in range(2))
+    margin = conformal_margin(conformity_scores(lo_c, hi_c, truth[0], where), level)
+    raw = interval_stats(lo_t, hi_t, truth[1], where)
+    widened = interval_stats(lo_t - margin, hi_t + margin, truth[1], where)
+    assert raw["covered"] / raw["pixels"] < level - 0.15
+    assert abs(widened["covered"] / widened["pixels"] - level) < 0.02
+
+
+def test_calibrated_intervals_cover_their_level_and_only_for_the_setting_they_were_fitted_for(trained_tiny, tmp_path):
+    from eval import calibrate_interval
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=1, slices=2)
+    data, calibrated = str(tmp_path / "data"), tmp_path / "calibrated.safetensors"
+    assert calibrate_interval.main(["--checkpoint", str(trained_tiny / "last.safetensors"), "--data-root", data,
+                                    "--split", "all", "--sampler", "ddpm", "--steps", "3", "--ensemble", "4",
+                                    "--out", str(calibrated)]) == 0
+    report = json.loads(calibrated.with_name(calibrated.name + ".interval.json").read_text())
+    assert report["levels"]["0.8"]["coverage_calibrated"] >= 0.8 and report["slices"] == 2
+
+    def run(out, *extra):
+        assert infer.main(["--task", "ct", "--data-root", data, "--checkpoint", str(calibrated), "--out",
+                           str(tmp_path / out), "--interval", "0.8", *extra]) == 0
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    same = run("same")  # the calibrated checkpoint samples as it was calibrated by default: ddpm:3, E=4
+    assert same["sampler"] == "ddpm:3" and same["ensemble"] == 4
+    assert same["interval"]["calibrated"] and same["interval"]["margin"] == report["levels"]["0.8"]["margin"]
+    assert same["interval"]["coverage"] == pytest.approx(report["levels"]["0.8"]["coverage_calibrated"])
+    assert same["interval"]["coverage"] >= 0.8  # the same slices it was fitted on: at least the level
+    other = run("other", "--ensemble", "2")  # another ensemble: the margins do not apply
+    assert not other["interval"]["calibrated"] and other["interval"]["margin"] is None
