@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=None, help="slim .safetensors checkpoint (default: the released one)")
     p.add_argument("--out", default=None, help="output folder (default out/<task>)")
     p.add_argument("--limit", type=int, default=None,
-                   help="only the first N inputs (with --split val: N inputs spread over the patients)")
+                   help="only the first N inputs (with --split val or calib: N inputs spread over the patients)")
     p.add_argument("--sampler", default=None, help=f"one of {', '.join(SAMPLERS)} (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--jumps", type=int, default=None, help=f"RePaint jump_n_sample (default {REPAINT_JUMPS})")

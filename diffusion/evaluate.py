@@ -33,8 +33,8 @@ def add_split_argument(parser, default: str | None = "all") -> None:
 def select_cases(task: Task, root: Path, split_config: dict | None, split: str = "all", limit: int | None = None,
                  include_extra: bool = False, whose: str = "the checkpoint") -> tuple[list[Case], str]:
     """(the cases of a data root on one side of a checkpoint's patient-level split, one line saying how many of how
-    many were selected and why). `split_config`: the checkpoint's `data` section. With `split="val"` and a limit,
-    the cases are spread over as many patients as possible."""
+    many were selected and why). `split_config`: the checkpoint's `data` section. With a limit on the held-out
+    patients (`split` "val" or "calib"), the cases are spread over as many of them as possible."""
     found = task.layout.list_cases(root, include_extra)
     cases = found
     why = ["split all: every case"]
@@ -46,7 +46,7 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
                 else f"{split_config['val_patients']} validation patients")
         why = [f"split {split}: the {split} side of {whose}'s patient-level split (seed {split_config['split_seed']}, "
                f"{held}, {calib} calibration patients)"]
-    if limit and split == "val":
+    if limit and split in ("val", "calib"):
         cases = [cases[i] for i in validation_subset([c.patient for c in cases], limit)]
     if limit and len(cases) > limit:
         why.append(f"--limit {limit}")

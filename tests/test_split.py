@@ -58,3 +58,13 @@ def test_the_selection_line_counts_the_controls_left_out(tmp_path):
     root = write_tumor_layout(tmp_path / "tumor-segmentation", patients=3, controls=2)
     _, line = select_cases(get_task("tumor"), root, None, "all")
     assert line.startswith("selected 3 of 3 tumor cases") and "2 controls not included (--include-controls)" in line
+
+
+@pytest.mark.parametrize("side", ["val", "calib"])
+def test_a_limit_on_held_out_patients_spreads_over_them(tmp_path, side):
+    """--limit 3 on 3 held-out patients of 4 slices each: one slice from each, not the first patient's three."""
+    task = get_task("ct")
+    root = write_ct_layout(tmp_path / "ct-inpainting", patients=8, slices=4)
+    split = {**DEFAULTS["data"], "val_patients": 3, "split_seed": 0, "calib_patients": 3}
+    cases, line = select_cases(task, root, split, side, limit=3)
+    assert len(cases) == 3 and len({c.patient for c in cases}) == 3, line
