@@ -150,6 +150,7 @@ class SampleConfig(_Section):                     # default inference settings s
     interval_margins: dict[str, float] = Field(default_factory=dict)  # CT: conformal margin (grey levels) per
     # interval level, fitted by eval.calibrate_interval on calibration patients; valid for this section's sampler,
     # steps, ensemble and flip only
+    interval_score: Literal["shift", "scaled"] = "shift"  # the margins' unit: 1, or the interval's own width + 1
 
     @model_validator(mode="after")
     def _spec(self):

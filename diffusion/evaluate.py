@@ -14,7 +14,7 @@ from diffusion.data.images import write_png
 from diffusion.figures import plot_cases, plot_coverage, plot_reliability
 from diffusion.inference import Predictor, case_seed, to_uint8
 from diffusion.config import spec_of
-from diffusion.metrics import interval_bounds, interval_stats, patient_mean_se, timing_summary
+from diffusion.metrics import interval_bounds, interval_scale, interval_stats, patient_mean_se, timing_summary
 from diffusion.tasks import Case, Task
 from samplers import SamplerSpec
 
@@ -88,12 +88,14 @@ def calibrated_margins(predictor: Predictor, spec: SamplerSpec, ensemble: int) -
     return {float(level): float(m) for level, m in (sample.get("interval_margins") or {}).items()} if same else {}
 
 
-def level_bounds(members, level: float, grid: float | None, margins: dict[float, float]):
+def level_bounds(members, level: float, grid: float | None, margins: dict[float, float], score: str = "shift"):
     """The per-pixel central `level` interval of the members on the answer's grid, widened by its conformal margin
-    when there is one for that level."""
+    (in the unit of `score`, `interval_scale`) when there is one for that level."""
     lower, upper = interval_bounds(members, level, grid)
-    margin = margins.get(level, 0.0)
-    return lower - margin, upper + margin
+    if level not in margins:
+        return lower, upper
+    widen = margins[level] * interval_scale(lower, upper, grid, score)
+    return lower - widen, upper + widen
 
 
 def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
@@ -111,6 +113,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
         if interval is not None else {}
     margins = calibrated_margins(predictor, spec, ensemble) if interval is not None else {}
+    score = predictor.config["sample"].get("interval_score", "shift")
     records, seconds, rows, titles = [], [], [], []
     totals: dict[str, list[float]] = {}
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
@@ -123,14 +126,14 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             task.layout.write_prediction(out, case, image)
         if interval is not None:
             grid = task.report.interval_resolution
-            lower, upper = level_bounds(prediction.members, interval, grid, margins)
+            lower, upper = level_bounds(prediction.members, interval, grid, margins, score)
             if out is not None:
                 for side, bound in (("lower", lower), ("upper", upper)):
                     write_png(Path(out) / f"interval_{side}" / task.layout.prediction_path(out, case).name, to_uint8(bound))
             if has_truth:
                 where = task.report.interval_region(example)
                 for level, totals_ in coverage.items():
-                    for key, value in interval_stats(*level_bounds(prediction.members, level, grid, margins),
+                    for key, value in interval_stats(*level_bounds(prediction.members, level, grid, margins, score),
                                                      example.truth, where).items():
                         totals_[key] += value
         record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
@@ -159,6 +162,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             metrics["interval"] = {"level": interval, "coverage": rate[interval],
                                    "mean_width": coverage[interval]["width"] / max(1, coverage[interval]["pixels"]),
                                    "pixels": coverage[interval]["pixels"], "margin": margins.get(interval),
+                                   "score": score if interval in margins else None,
                                    "calibrated": interval in margins,
                                    "coverage_by_level": {str(level): rate[level] for level in sorted(rate)}}
             if out is not None:

@@ -65,11 +65,26 @@ def interval_bounds(members: np.ndarray, level: float, resolution: float | None 
     return lower, upper
 
 
-def conformity_scores(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """How far outside [lower, upper] each truth `where` lies (negative: inside, by that much). The interval widened
-    by m on both sides holds exactly the truths whose score is <= m."""
+INTERVAL_SCORES = ("shift", "scaled")
+
+
+def interval_scale(lower: np.ndarray, upper: np.ndarray, resolution: float | None, score: str) -> np.ndarray:
+    """Each pixel's unit of a conformal margin: 1 for the "shift" score (the same margin everywhere), the interval's
+    own width plus one step of the answer's grid for "scaled" (a margin in proportion to the members' spread,
+    never zero): the calibrated interval is [lower - m * scale, upper + m * scale]."""
+    if score not in INTERVAL_SCORES:
+        raise ValueError(f"interval score {score!r}: one of {', '.join(INTERVAL_SCORES)}")
+    return upper - lower + (resolution or 1.0) if score == "scaled" else np.ones_like(lower)
+
+
+def conformity_scores(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, where: np.ndarray,
+                      scale: np.ndarray | None = None) -> np.ndarray:
+    """How far outside [lower, upper] each truth `where` lies (negative: inside, by that much), in units of `scale`
+    (`interval_scale`; default 1). The interval widened by m * scale on both sides holds exactly the truths whose
+    score is <= m."""
     t = truth[where].astype(np.float64)
-    return np.maximum(lower[where] - t, t - upper[where])
+    distance = np.maximum(lower[where] - t, t - upper[where])
+    return distance if scale is None else distance / scale[where]
 
 
 def conformal_margin(scores: np.ndarray, level: float) -> float:

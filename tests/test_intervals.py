@@ -9,7 +9,7 @@ import pytest
 import infer
 from diffusion.data.images import read_png
 from diffusion.errors import UserError
-from diffusion.metrics import conformal_margin, conformity_scores, interval_bounds, interval_stats
+from diffusion.metrics import conformal_margin, conformity_scores, interval_bounds, interval_scale, interval_stats
 from tests.conftest import write_ct_layout
 
 
@@ -122,14 +122,37 @@ def test_a_margin_fitted_on_calibration_pixels_gives_new_pixels_the_coverage_of_
     assert abs(widened["covered"] / widened["pixels"] - level) < 0.02
 
 
-def test_calibrated_intervals_cover_their_level_and_only_for_the_setting_they_were_fitted_for(trained_tiny, tmp_path):
+def test_a_scaled_margin_is_narrower_at_the_same_coverage_when_the_spread_follows_the_error():
+    """Members whose spread is in proportion to the truth's (but 4x too small): the scaled score covers the level
+    on new pixels with a narrower mean interval than one margin for every pixel; the shift score cannot adapt."""
+    rng = np.random.default_rng(2)
+    centre = rng.uniform(50, 200, (2, 100, 100))
+    sigma = rng.choice([0.5, 8.0], (2, 100, 100))  # easy and hard pixels
+    members = centre[:, None] + sigma[:, None] * rng.normal(0, 0.25, (2, 8, 100, 100))
+    truth = centre + sigma * rng.normal(0, 1, (2, 100, 100))
+    where = np.ones((100, 100), bool)
+    (lo_c, hi_c), (lo_t, hi_t) = (interval_bounds(members[i], 0.8, 1.0) for i in range(2))
+    result = {}
+    for score in ("shift", "scaled"):
+        margin = conformal_margin(conformity_scores(lo_c, hi_c, truth[0], where,
+                                                    interval_scale(lo_c, hi_c, 1.0, score)), 0.8)
+        widen = margin * interval_scale(lo_t, hi_t, 1.0, score)
+        stats = interval_stats(lo_t - widen, hi_t + widen, truth[1], where)
+        result[score] = stats["covered"] / stats["pixels"], stats["width"] / stats["pixels"]
+    assert all(abs(coverage - 0.8) < 0.02 for coverage, _ in result.values())
+    assert result["scaled"][1] < 0.8 * result["shift"][1]
+
+
+@pytest.mark.parametrize("score", ["shift", "scaled"])
+def test_calibrated_intervals_cover_their_level_and_only_for_the_setting_they_were_fitted_for(trained_tiny, tmp_path,
+                                                                                              score):
     from eval import calibrate_interval
 
     write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=1, slices=2)
     data, calibrated = str(tmp_path / "data"), tmp_path / "calibrated.safetensors"
     assert calibrate_interval.main(["--checkpoint", str(trained_tiny / "last.safetensors"), "--data-root", data,
                                     "--split", "all", "--sampler", "ddpm", "--steps", "3", "--ensemble", "4",
-                                    "--out", str(calibrated)]) == 0
+                                    "--score", score, "--out", str(calibrated)]) == 0
     report = json.loads(calibrated.with_name(calibrated.name + ".interval.json").read_text())
     assert report["levels"]["0.8"]["coverage_calibrated"] >= 0.8 and report["slices"] == 2
 
@@ -141,6 +164,8 @@ def test_calibrated_intervals_cover_their_level_and_only_for_the_setting_they_we
     same = run("same")  # the calibrated checkpoint samples as it was calibrated by default: ddpm:3, E=4
     assert same["sampler"] == "ddpm:3" and same["ensemble"] == 4
     assert same["interval"]["calibrated"] and same["interval"]["margin"] == report["levels"]["0.8"]["margin"]
+    assert same["interval"]["score"] == score
+    assert same["interval"]["mean_width"] == pytest.approx(report["levels"]["0.8"]["mean_width_calibrated"])
     assert same["interval"]["coverage"] == pytest.approx(report["levels"]["0.8"]["coverage_calibrated"])
     assert same["interval"]["coverage"] >= 0.8  # the same slices it was fitted on: at least the level
     other = run("other", "--ensemble", "2")  # another ensemble: the margins do not apply
