@@ -36,7 +36,8 @@ in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every fold, PARALLEL at 
   wait
 }
 segmenter() { train runs/tumor_fold$1 1200 --set data.fold=$1 ${LEVERS:-}; }
-diffusion() {
+diffusion() {  # only from a finished segmenter (a run stopped by UNTIL goes on next time)
+  [ -f "runs/tumor_fold$1/checkpoints/step_0001200.pt" ] || { echo "fold $1: segmenter not finished" >&2; return 0; }
   local init=runs/tumor_fold$1/last.safetensors
   [ -f "$init" ] || init=checkpoints/wip/tumor_fold$1_last.safetensors
   train runs/tumor_dfold$1 600 --set data.fold=$1 ${LEVERS:-} --init "$init" --set diffusion.objective=diffusion \
