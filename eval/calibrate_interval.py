@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     cases, line = select_cases(task, root, predictor.config["data"], args.split, args.limit, whose=args.checkpoint)
     print(line, file=sys.stderr)
     if not cases:
-        raise UserError(f"{root}: no cases on the '{args.split}' side of {args.checkpoint}'s split")
+        raise UserError(f"{root}: no cases on the '{args.split}' side of {args.checkpoint}'s split"
+                        + (" (it was trained without calibration patients)" if args.split == "calib" else ""))
     grid = task.report.interval_resolution
     scores, widths, units = ({level: [] for level in levels} for _ in range(3))
     for case in tqdm(cases, desc=f"calibrating intervals ({spec}, E={ensemble})"):

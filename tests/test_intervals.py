@@ -170,3 +170,12 @@ def test_calibrated_intervals_cover_their_level_and_only_for_the_setting_they_we
     assert same["interval"]["coverage"] >= 0.8  # the same slices it was fitted on: at least the level
     other = run("other", "--ensemble", "2")  # another ensemble: the margins do not apply
     assert not other["interval"]["calibrated"] and other["interval"]["margin"] is None
+
+
+def test_calibrating_on_calibration_patients_a_model_never_held_out_is_one_clear_line(trained_tiny, tmp_path):
+    from eval import calibrate_interval
+
+    write_ct_layout(tmp_path / "data" / "ct-inpainting", patients=2, slices=1)
+    with pytest.raises(UserError, match="trained without calibration patients"):
+        calibrate_interval.main(["--checkpoint", str(trained_tiny / "last.safetensors"), "--data-root",
+                                 str(tmp_path / "data"), "--split", "calib", "--out", str(tmp_path / "c.safetensors")])
