@@ -10,3 +10,13 @@ until_minutes() {  # until_minutes: the --max-minutes arguments for UNTIL (a clo
   stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
   echo --max-minutes $(( (stop - $(date +%s)) / 60 ))
 }
+train_run() {  # train_run CONFIG OUT STEPS [args...]: one run of $CODE, resumed from runs/ or the committed slim weights
+  local config=$1 out=$2 steps=$3; shift 3
+  [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
+  local resume=() wip=checkpoints/wip/$(basename "$out")_last.safetensors
+  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
+  elif [ -f "$wip" ]; then resume=(--continue-schedule); set -- "$@" --init "$wip"
+  fi
+  OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config "$config" --out "$out" \
+      --data-root ../shared/data --set train.max_steps="$steps" $(until_minutes) "${resume[@]}" "$@" >> "$out.log" 2>&1
+}

@@ -8,7 +8,7 @@
 #      10 s budget, measured on 30 images uncontended on a 2-core AMD EPYC), 600 steps, runs/tumor_dfold<k>;
 #   3. eval.crossval for each family: the cross-validated Dice (settings chosen out of fold) and the fold ensemble
 #      as one checkpoint (runs/tumor_seg_folds.safetensors, runs/tumor_seg_diffusion_folds.safetensors).
-# FOLDS (default "0 1 2 3 4"), PARALLEL (default 2) folds side by side, THREADS (default 1) threads each;
+# STAGES (default "seg dif cv") picks the steps above; FOLDS (default "0 1 2 3 4"), PARALLEL (default 2) folds side by side, THREADS (default 1) threads each;
 # UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (from runs/, or from the slim weights committed as
 # checkpoints/wip/<run>_last.safetensors when runs/ is gone).
 set -e
@@ -45,8 +45,11 @@ diffusion() {  # only from a finished segmenter (a run stopped by UNTIL goes on 
       --set sample.steps=2 --set sample.ensemble=1 --set sample.flip=false
 }
 mkdir -p runs
-in_parallel segmenter
-in_parallel diffusion
+STAGES=${STAGES:-seg dif cv}
+[[ " $STAGES " == *" seg "* ]] && in_parallel segmenter
+[[ " $STAGES " == *" dif "* ]] && in_parallel diffusion
+[[ " $STAGES " == *" cv "* ]] || exit 0
+[ "$FOLDS" = "0 1 2 3 4" ] || { echo "cross-validation needs all five folds (FOLDS=$FOLDS)" >&2; exit 0; }
 done_all() { for k in $FOLDS; do [ -f "runs/$1$k/checkpoints/step_$(printf %07d "$2").pt" ] || return 1; done; }
 if done_all tumor_fold 1200; then
   python -m eval.crossval --checkpoint $(for k in $FOLDS; do echo runs/tumor_fold$k/last.safetensors; done) \
