@@ -93,7 +93,20 @@ def cross_fit(table: np.ndarray, folds: int, seed: int = 0, thresholds=THRESHOLD
         scores[fold == f] = table[(fold == f, *index)]
         settings.append(describe(index, thresholds, min_sizes))
     return {"folds": folds, "dice": float(scores.mean()), "se": float(scores.std(ddof=1) / np.sqrt(n)),
-            "settings": settings}
+            "settings": settings, "scores": scores}
+
+
+def compare_candidates(table: np.ndarray, folds: int, names: list[str], fold: np.ndarray | None = None) -> dict:
+    """Each candidate of a (images, candidates, thresholds, sizes) table cross-fitted on its own (its threshold and
+    size chosen on the other folds), and its paired difference from the first candidate with the standard error over
+    images: a lever measured on/off with no image's own truth choosing anything."""
+    own = [cross_fit(table[:, c], folds, fold=fold) for c in range(table.shape[1])]
+    rows = {}
+    for name, fitted in zip(names, own):
+        diff = fitted["scores"] - own[0]["scores"]
+        rows[name] = {"dice": fitted["dice"], "se": fitted["se"], "vs_first": float(diff.mean()),
+                      "vs_first_se": float(diff.std(ddof=1) / np.sqrt(len(diff))), "settings": fitted["settings"]}
+    return rows
 
 
 def main(argv=None) -> int:
@@ -141,7 +154,10 @@ def main(argv=None) -> int:
         report["per_checkpoint"][path] = {**describe(own), "dice": own_dice,
                                           "untuned_dice": float(table[(slice(None), c, *untuned)].mean())}
     if args.cross_fit:
-        report["cross_fit"] = cross_fit(table if len(args.checkpoint) > 1 else table[:, 0], args.cross_fit)
+        fitted = cross_fit(table if len(args.checkpoint) > 1 else table[:, 0], args.cross_fit)
+        report["cross_fit"] = {k: v for k, v in fitted.items() if k != "scores"}
+        if len(args.checkpoint) > 1:
+            report["cross_fit"]["per_checkpoint"] = compare_candidates(table, args.cross_fit, args.checkpoint)
     report["sweep"] = {f"{t}/{m}": float(table[:, index[0], j, k].mean()) for j, t in enumerate(THRESHOLDS)
                        for k, m in enumerate(MIN_SIZES)}
     Path(str(args.out) + ".threshold.json").write_text(json.dumps(report, indent=1))

@@ -12,6 +12,15 @@ cross-fitting over the training folds: the patients of fold k are scored with th
 folds' patients. That cross-validated Dice (mean over patients, standard error over patients) is the estimate for
 the released setting; the setting chosen on all the out-of-fold predictions is what the release uses.
 
+Several checkpoints per fold are candidates (a lever on and off, e.g. one and two training cycles):
+
+    python -m eval.crossval --checkpoint runs/tumor_fold{0,1,2,3,4}/last.safetensors \\
+        runs/tumor_fold{0,1,2,3,4}_more/last.safetensors --out runs/tumor_cv_more
+
+each fold's checkpoints in the order given; every candidate predicts its fold's held-out patients, the candidate is
+chosen out of fold with the threshold and size (inside the cross-fitting too), and `candidates` in the report has
+each one's own cross-validated Dice and its paired difference from the first, with standard errors over patients.
+
 `--release` writes the fold ensemble: one slim checkpoint holding the K networks (`member<k>.` keys), sampled with
 each model's default ensemble (members = folds x that ensemble), the chosen threshold and component size. It has
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
@@ -34,83 +43,97 @@ from diffusion.evaluate import select_cases
 from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task
-from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, cross_fit, describe, dice_table
+from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, compare_candidates, cross_fit, describe, dice_table
 
 SPREAD_HIGH = 0.1  # a pixel whose members' probabilities spread more than this is "uncertain"
 
 
-def fold_models(paths: list[str]) -> list[tuple[int, object]]:
-    """(fold, predictor) for every checkpoint; they must be the K folds of one split, each once."""
-    models = []
+def fold_models(paths: list[str]) -> list[list[tuple[str, object]]]:
+    """The checkpoints as candidates x folds: [[(path, predictor) of fold 0..K-1] per candidate]. They must be the
+    K folds of one split, each fold given the same number of times; a fold's checkpoints are its candidates in the
+    order given (e.g. all folds after one cycle, then all folds after two)."""
+    by_fold: dict[int, list] = {}
+    splits = set()
     for path in paths:
         predictor = load_predictor("tumor", path)
         data = predictor.config["data"]
         if not data["folds"]:
             raise UserError(f"{path}: not a fold model (trained with data.folds 0); train with --set data.folds=K "
                             f"--set data.fold=k")
-        models.append((int(data["fold"]), predictor))
-    folds = {int(p.config["data"]["folds"]) for _, p in models}
-    seeds = {int(p.config["data"]["split_seed"]) for _, p in models}
-    got = sorted(k for k, _ in models)
-    if len(folds) != 1 or len(seeds) != 1 or got != list(range(folds.pop())):
-        raise UserError(f"--checkpoint: expected folds 0..K-1 of one split (one data.folds, one data.split_seed), "
-                        f"got folds {got}")
-    return sorted(models, key=lambda m: m[0])
+        by_fold.setdefault(int(data["fold"]), []).append((path, predictor))
+        splits.add((int(data["folds"]), int(data["split_seed"])))
+    got = sorted(by_fold)
+    counts = {len(v) for v in by_fold.values()}
+    if len(splits) != 1 or got != list(range(next(iter(splits))[0])) or len(counts) != 1:
+        raise UserError(f"--checkpoint: expected folds 0..K-1 of one split (one data.folds, one data.split_seed), each "
+                        f"fold as often as the others, got folds {sorted(k for k, v in by_fold.items() for _ in v)}")
+    return [[by_fold[k][c] for k in got] for c in range(counts.pop())]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, nargs="+", help="the K fold models' slim checkpoints")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="the K fold models' slim checkpoints; several per fold are candidates chosen out of fold")
     p.add_argument("--data-root", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
     p.add_argument("--out", required=True, help="folder for crossval.json")
     p.add_argument("--release", default=None, help="also write the fold ensemble as this slim checkpoint")
     args = p.parse_args(argv)
     task = get_task("tumor")
-    models = fold_models(args.checkpoint)
+    candidates = fold_models(args.checkpoint)
     root, where = task.layout.resolve_root(args.data_root)
     print(where, file=sys.stderr)
-    probabilities, truths, ids, fold_of, high, low = [], [], [], [], [0, 0], [0, 0]
-    for k, predictor in models:
-        cases, line = select_cases(task, root, predictor.config["data"], "val", args.limit,
-                                   whose=str(predictor.checkpoint))
+    truths, ids, fold_of = [], [], []
+    probabilities = [[] for _ in candidates]              # [candidate][patient]
+    errors = [{"high": [0, 0], "low": [0, 0]} for _ in candidates]  # [wrong, pixels] where members disagree / agree
+    for k, (_, first) in enumerate(candidates[0]):
+        cases, line = select_cases(task, root, first.config["data"], "val", args.limit, whose=str(first.checkpoint))
         print(f"fold {k}: {line}", file=sys.stderr)
         for case in tqdm(cases, desc=f"fold {k} out-of-fold"):
             example = task.layout.read_case(root, case, with_truth=True)
-            prediction = predictor.predict_one(example.inputs, seed=case_seed(case.id))
-            probabilities.append(prediction.probability)
             truths.append(example.truth)
             ids.append(case.id)
             fold_of.append(k)
-            wrong = prediction.image.astype(bool) != example.truth.astype(bool)
-            uncertain = prediction.uncertainty > SPREAD_HIGH
-            high[0], high[1] = high[0] + int(wrong[uncertain].sum()), high[1] + int(uncertain.sum())
-            low[0], low[1] = low[0] + int(wrong[~uncertain].sum()), low[1] + int((~uncertain).sum())
+            for c, models in enumerate(candidates):
+                prediction = models[k][1].predict_one(example.inputs, seed=case_seed(case.id))
+                probabilities[c].append(prediction.probability)
+                wrong = prediction.image.astype(bool) != example.truth.astype(bool)
+                uncertain = prediction.uncertainty > SPREAD_HIGH
+                for name, pixels in (("high", uncertain), ("low", ~uncertain)):
+                    errors[c][name][0] += int(wrong[pixels].sum())
+                    errors[c][name][1] += int(pixels.sum())
     if len(set(ids)) != len(ids):
         raise UserError("a patient is in the held-out side of two folds: the checkpoints are not one split's folds")
-    table = dice_table(probabilities, truths)          # (patients, thresholds, sizes)
+    table = np.stack([dice_table(probs, truths) for probs in probabilities], 1)  # (patients, candidates, thr, sizes)
     index, pooled = best_cell(table)
     chosen = describe(index)
-    fitted = cross_fit(table, len(models), fold=np.array(fold_of))
-    untuned = table[:, list(THRESHOLDS).index(0.5), 0]
-    default = [float(m.config["sample"]["threshold"]) for _, m in models]
+    pick = chosen.pop("checkpoint")
+    fold = np.array(fold_of)
+    fitted = cross_fit(table, len(candidates[0]), fold=fold)
+    untuned = table[:, pick, list(THRESHOLDS).index(0.5), 0]
+    default = [float(m.config["sample"]["threshold"]) for _, m in candidates[pick]]
+    high, low = errors[pick]["high"], errors[pick]["low"]
     report = {
-        "folds": len(models), "patients": len(ids), "checkpoints": [str(m.checkpoint) for _, m in models],
+        "folds": len(candidates[0]), "patients": len(ids), "checkpoints": [path for path, _ in candidates[pick]],
         "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
-        "settings_per_fold": fitted["settings"], "chosen": {**chosen, "dice_in_sample": pooled},
+        "settings_per_fold": fitted["settings"], "chosen": {**chosen, "candidate": pick, "dice_in_sample": pooled},
         "untuned_dice": float(untuned.mean()), "untuned_se": patient_mean_se(list(untuned), ids)[1],
         "fold_thresholds_before": default,
         "uncertainty": {"spread_over": SPREAD_HIGH, "high_share": high[1] / max(1, high[1] + low[1]),
                         "high_error_rate": high[0] / max(1, high[1]), "low_error_rate": low[0] / max(1, low[1])},
-        "per_patient": {i: {"fold": f, "dice_untuned": float(d)} for i, f, d in zip(ids, fold_of, untuned)},
-        "sweep": {f"{t}/{m}": float(table[:, j, k].mean()) for j, t in enumerate(THRESHOLDS)
+        "per_patient": {i: {"fold": f, "dice": float(d), "dice_untuned": float(u)}
+                        for i, f, d, u in zip(ids, fold_of, fitted["scores"], untuned)},
+        "sweep": {f"{t}/{m}": float(table[:, pick, j, k].mean()) for j, t in enumerate(THRESHOLDS)
                   for k, m in enumerate(MIN_SIZES)},
     }
+    if len(candidates) > 1:
+        names = [" ".join(path for path, _ in models) for models in candidates]
+        report["candidates"] = compare_candidates(table, len(candidates[0]), names, fold=fold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(report, indent=1))
     if args.release:
-        loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in models]  # in fold order
+        loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in candidates[pick]]  # in fold order
         config = loaded[0][1]
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
         save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,

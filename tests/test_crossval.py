@@ -76,3 +76,43 @@ def test_the_fold_models_must_be_one_splits_folds(folds):
     base, runs, _ = folds
     with pytest.raises(UserError, match="folds 0..K-1"):
         crossval.main(["--checkpoint", str(runs[0]), "--data-root", str(base / "data"), "--out", str(base / "x")])
+
+
+def _blind_copy(run, path):
+    """The fold model with its output layer's bias pushed far down: it marks no pixel at any threshold."""
+    state, config, meta = load_slim(run)
+    state["conv_out.bias"] = state["conv_out.bias"] - 1e3
+    from diffusion.checkpoint import save_slim
+
+    save_slim(path, state, config, meta)
+    return path
+
+
+def test_several_checkpoints_per_fold_are_candidates_chosen_out_of_fold(folds):
+    base, runs, report = folds
+    blind = [_blind_copy(run, base / f"blind{k}.safetensors") for k, run in enumerate(runs)]
+    out = base / "cv_candidates"
+    # candidates in fold order: all blind copies first, then the trained models (fold of each read from its config)
+    assert crossval.main(["--checkpoint", *map(str, blind), *map(str, runs), "--data-root", str(base / "data"),
+                          "--out", str(out), "--release", str(base / "chosen.safetensors")]) == 0
+    got = json.loads((out / "crossval.json").read_text())
+    names = list(got["candidates"])
+    assert len(names) == 2 and names[1] == " ".join(map(str, runs))
+    # the trained models, as the only candidate, score what they scored alone; the blind copies lose to them
+    assert got["candidates"][names[1]]["dice"] == pytest.approx(report["cross_validated_dice"])
+    assert got["candidates"][names[0]]["vs_first"] == 0
+    assert got["candidates"][names[1]]["vs_first"] > 0
+    assert got["chosen"]["candidate"] == 1 and got["checkpoints"] == list(map(str, runs))
+    state = member_states(load_slim(base / "chosen.safetensors")[0])
+    for member, run in zip(state, runs):
+        own = load_slim(run)[0]
+        assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
+
+
+def test_a_fold_given_more_often_than_another_is_a_clear_error(folds):
+    from diffusion.errors import UserError
+
+    base, runs, _ = folds
+    with pytest.raises(UserError, match="each fold as often"):
+        crossval.main(["--checkpoint", *map(str, runs), str(runs[0]), "--data-root", str(base / "data"),
+                       "--out", str(base / "y")])

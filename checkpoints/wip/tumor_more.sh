@@ -4,7 +4,7 @@
 # goes on from its 1,200-step weights (runs/tumor_fold<k>/last.safetensors; fresh optimiser, warm-up 50, peak
 # learning rate LR, other random draws: seed 1) for STEPS more steps, runs/tumor_fold<k>_more. The lever is judged
 # out of fold: `eval.calibrate --split val --cross-fit 5` on the fold's held-out patients, one cycle, two cycles and
-# the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated_{more,both}*.json); nothing is chosen on
+# the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated.safetensors.threshold.json); nothing is chosen on
 # a patient's own score.
 # NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4), PARALLEL (2), THREADS (1), UNTIL=HH:MM; rerun to resume.
 set -e
@@ -22,12 +22,10 @@ more() {
   train_run configs/tumor_folds_cpu.yaml "$out" "$STEPS" --set data.fold=$k --set seed=1 --set train.lr=${LR:-2.5e-4} \
       --set train.warmup_steps=50 --set train.val_every=200 "${start[@]}"
   [ -f "$out/checkpoints/step_$(printf %07d "$STEPS").pt" ] || return 0
-  local ck
-  for ck in more both; do  # the second cycle alone, and one or two cycles chosen inside the cross-fitting
-    local cks=("$out/last.safetensors"); [ $ck = more ] || cks=("$init" "${cks[@]}")
-    OMP_NUM_THREADS=${THREADS:-1} python -m eval.calibrate --checkpoint "${cks[@]}" --data-root ../shared/data \
-        --split val --cross-fit 5 --out "$out/calibrated_$ck.safetensors" > "$out.calibrate_$ck.out" 2>&1
-  done
+  # one cycle and two, each cross-fitted on its own with the paired difference (cross_fit.per_checkpoint), and the
+  # choice between them made inside the cross-fitting (cross_fit.dice)
+  OMP_NUM_THREADS=${THREADS:-1} python -m eval.calibrate --checkpoint "$init" "$out/last.safetensors" \
+      --data-root ../shared/data --split val --cross-fit 5 --out "$out/calibrated.safetensors" > "$out.calibrate.out" 2>&1
 }
 running=0
 for k in $FOLDS; do
