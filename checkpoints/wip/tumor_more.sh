@@ -4,9 +4,10 @@
 # goes on from its 1,200-step weights (runs/tumor_fold<k>/last.safetensors; fresh optimiser, warm-up 50, peak
 # learning rate LR, other random draws: seed 1) for STEPS more steps, runs/tumor_fold<k>_more. The lever is judged
 # out of fold: `eval.calibrate --split val --cross-fit 5` on the fold's held-out patients, one cycle, two cycles and
-# the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated.safetensors.threshold.json); nothing is chosen on
-# a patient's own score.
-# NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4), PARALLEL (2), THREADS (1), UNTIL=HH:MM; rerun to resume.
+# the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated.safetensors.threshold.json);
+# nothing is chosen on a patient's own score. Over all five folds: eval.crossval with both checkpoints of each fold.
+# NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4),
+# PARALLEL (2), THREADS (1), UNTIL=HH:MM; rerun to resume.
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
