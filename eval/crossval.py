@@ -24,7 +24,9 @@ each one's own cross-validated Dice and its paired difference from the first, wi
 `--release` writes the fold ensemble: one slim checkpoint holding the K networks (`member<k>.` keys), sampled with
 each model's default ensemble (members = folds x that ensemble), the chosen threshold and component size. It has
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
-patients are its check. `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
+patients are its check. `--against CHECKPOINT` (e.g. today's release, trained on another split) scores that model on
+its own validation patients beside their out-of-fold Dice, paired: two recipes side by side on patients neither
+trained on. `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
 and the uncertainty report (error rate of the pixels where the members disagree against the rest).
 """
 from __future__ import annotations
@@ -70,6 +72,28 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, object]]]:
     return [[by_fold[k][c] for k in got] for c in range(counts.pop())]
 
 
+def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
+    """A model of another split (trained without these folds, e.g. the release) scored on its own validation
+    patients, against the out-of-fold (cross-fitted) Dice of the same patients: neither saw them in training and
+    neither chose a setting on them, so the paired difference compares the two recipes side by side."""
+    reference = load_predictor("tumor", checkpoint)
+    cases, line = select_cases(task, root, reference.config["data"], "val", None, whose=checkpoint)
+    cases = [case for case in cases if case.id in out_of_fold]
+    if len(cases) < 2:
+        raise UserError(f"--against {checkpoint}: fewer than two of its validation patients were scored out of fold")
+    print(f"against: {line}", file=sys.stderr)
+    theirs = []
+    for case in tqdm(cases, desc="against"):
+        example = task.layout.read_case(root, case, with_truth=True)
+        prediction = reference.predict_one(example.inputs, seed=case_seed(case.id))
+        theirs.append(task.score(task.output_image(prediction), example.truth)["dice"])  # as infer.py scores it
+    ours = [out_of_fold[case.id] for case in cases]
+    patients = [case.patient for case in cases]
+    rows = {"dice": theirs, "out_of_fold_dice": ours, "out_of_fold_minus_it": list(np.subtract(ours, theirs))}
+    return {"checkpoint": checkpoint, "patients": len(set(patients)),
+            **{name: dict(zip(("mean", "se"), patient_mean_se(v, patients))) for name, v in rows.items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, nargs="+",
@@ -78,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
     p.add_argument("--out", required=True, help="folder for crossval.json")
     p.add_argument("--release", default=None, help="also write the fold ensemble as this slim checkpoint")
+    p.add_argument("--against", default=None, metavar="CHECKPOINT",
+                   help="side by side with a model of another split (e.g. today's release) on its own validation "
+                        "patients: its Dice there against the out-of-fold Dice of the same patients, paired")
     args = p.parse_args(argv)
     task = get_task("tumor")
     candidates = fold_models(args.checkpoint)
@@ -129,6 +156,8 @@ def main(argv=None) -> int:
     if len(candidates) > 1:
         names = [" ".join(path for path, _ in models) for models in candidates]
         report["candidates"] = compare_candidates(table, len(candidates[0]), names, fold=fold)
+    if args.against:
+        report["against"] = against(task, root, args.against, dict(zip(ids, fitted["scores"])))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(report, indent=1))

@@ -116,3 +116,29 @@ def test_a_fold_given_more_often_than_another_is_a_clear_error(folds):
     with pytest.raises(UserError, match="each fold as often"):
         crossval.main(["--checkpoint", *map(str, runs), str(runs[0]), "--data-root", str(base / "data"),
                        "--out", str(base / "y")])
+
+
+def test_against_scores_another_splits_model_on_its_own_validation_patients_beside_their_out_of_fold_dice(
+        folds, tmp_path):
+    import infer
+
+    base, runs, _ = folds
+    other = tmp_path / "other"  # a model of the ordinary split (no folds), as today's release is
+    assert train_diffusion.main(["--config", TINY, "--out", str(other), "--data-root", str(base / "data"),
+                                 "--set", "data.val_patients=2", "--set", "sample.sampler=regressor",
+                                 "--set", "sample.steps=1", "--set", "diffusion.objective=regress",
+                                 "--set", "diffusion.loss=bce_dice"]) == 0
+    checkpoint = str(other / "last.safetensors")
+    assert crossval.main(["--checkpoint", *map(str, runs), "--data-root", str(base / "data"), "--out",
+                          str(tmp_path / "cv"), "--against", checkpoint]) == 0
+    report = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert infer.main(["--task", "tumor", "--data-root", str(base / "data"), "--checkpoint", checkpoint,
+                       "--split", "val", "--out", str(tmp_path / "infer")]) == 0
+    scored = json.loads((tmp_path / "infer" / "metrics.json").read_text())
+    got = report["against"]
+    assert got["patients"] == scored["n"] == 2
+    assert got["dice"]["mean"] == pytest.approx(scored["dice"])  # the other model as infer.py scores it
+    ids = [case["id"] for case in scored["cases"]]
+    ours = np.mean([report["per_patient"][i]["dice"] for i in ids])  # the same patients, out of fold
+    assert got["out_of_fold_dice"]["mean"] == pytest.approx(ours)
+    assert got["out_of_fold_minus_it"]["mean"] == pytest.approx(ours - scored["dice"])
