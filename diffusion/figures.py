@@ -93,3 +93,34 @@ def plot_coverage(curves: dict[str, dict[float, float]], out_path: Path, title: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
+
+
+def plot_folds(per_fold: dict[str, list[list[float]]], out_path: Path, against: dict | None = None) -> None:
+    """Cross-validation at a glance: each patient's out-of-fold Dice by fold (dots) with the fold's mean and standard
+    error, one colour per candidate; with `against` ({"name", "theirs", "ours"}), a second panel pairs another
+    model's Dice with the out-of-fold Dice of the same patients (above the diagonal: the folds do better)."""
+    fig, axes = plt.subplots(1, 2 if against else 1, figsize=(10 if against else 6, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    width = 0.8 / max(1, len(per_fold))
+    rng = np.random.default_rng(0)
+    for c, (name, folds) in enumerate(per_fold.items()):
+        for k, values in enumerate(folds):
+            x = k + (c - (len(per_fold) - 1) / 2) * width
+            ax.scatter(x + rng.uniform(-width / 4, width / 4, len(values)), values, s=6, alpha=0.4, color=f"C{c}")
+            se = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+            ax.errorbar(x, np.mean(values), yerr=se, fmt="o", color=f"C{c}", capsize=3,
+                        label=name if k == 0 else None)
+    ax.set_xticks(range(len(next(iter(per_fold.values())))))
+    ax.set(xlabel="fold", ylabel="out-of-fold Dice per patient", ylim=(-0.02, 1.02),
+           title="out-of-fold Dice by fold (mean ± SE)")
+    ax.legend(fontsize=7)
+    if against:
+        ax = axes[0, 1]
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+        ax.scatter(against["theirs"], against["ours"], s=12)
+        ax.set(xlabel=f"{against['name']}: Dice", ylabel="out of fold: Dice", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+               title="the same patients, neither trained on them")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

@@ -105,7 +105,8 @@ def compare_candidates(table: np.ndarray, folds: int, names: list[str], fold: np
     for name, fitted in zip(names, own):
         diff = fitted["scores"] - own[0]["scores"]
         rows[name] = {"dice": fitted["dice"], "se": fitted["se"], "vs_first": float(diff.mean()),
-                      "vs_first_se": float(diff.std(ddof=1) / np.sqrt(len(diff))), "settings": fitted["settings"]}
+                      "vs_first_se": float(diff.std(ddof=1) / np.sqrt(len(diff))), "settings": fitted["settings"],
+                      "scores": [float(x) for x in fitted["scores"]]}
     return rows
 
 

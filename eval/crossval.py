@@ -26,7 +26,7 @@ each model's default ensemble (members = folds x that ensemble), the chosen thre
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
 patients are its check. `--against CHECKPOINT` (e.g. today's release, trained on another split) scores that model on
 its own validation patients beside their out-of-fold Dice, paired: two recipes side by side on patients neither
-trained on. `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
+trained on. `<out>/crossval.png` shows the per-patient Dice by fold (and the pairs); `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
 and the uncertainty report (error rate of the pixels where the members disagree against the rest).
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from diffusion.checkpoint import ensemble_state, load_slim, save_slim
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import select_cases
+from diffusion.figures import plot_folds
 from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task
@@ -90,7 +91,8 @@ def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
     ours = [out_of_fold[case.id] for case in cases]
     patients = [case.patient for case in cases]
     rows = {"dice": theirs, "out_of_fold_dice": ours, "out_of_fold_minus_it": list(np.subtract(ours, theirs))}
-    return {"checkpoint": checkpoint, "patients": len(set(patients)),
+    return {"checkpoint": checkpoint, "patients": len(set(patients)), "ids": [case.id for case in cases],
+            "per_patient": theirs,
             **{name: dict(zip(("mean", "se"), patient_mean_se(v, patients))) for name, v in rows.items()}}
 
 
@@ -153,14 +155,24 @@ def main(argv=None) -> int:
         "sweep": {f"{t}/{m}": float(table[:, pick, j, k].mean()) for j, t in enumerate(THRESHOLDS)
                   for k, m in enumerate(MIN_SIZES)},
     }
+    per_candidate = [fitted["scores"]]
     if len(candidates) > 1:
         names = [" ".join(path for path, _ in models) for models in candidates]
         report["candidates"] = compare_candidates(table, len(candidates[0]), names, fold=fold)
+        per_candidate = [np.array(row["scores"]) for row in report["candidates"].values()]
     if args.against:
         report["against"] = against(task, root, args.against, dict(zip(ids, fitted["scores"])))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(report, indent=1))
+    by_fold = {f"candidate {c}" if len(candidates) > 1 else "out of fold":
+               [list(fitted_scores[fold == k]) for k in range(len(candidates[0]))]
+               for c, fitted_scores in enumerate(per_candidate)}
+    pairs = None
+    if args.against:
+        pairs = {"name": Path(args.against).name, "theirs": report["against"]["per_patient"],
+                 "ours": [report["per_patient"][i]["dice"] for i in report["against"]["ids"]]}
+    plot_folds(by_fold, out / "crossval.png", pairs)
     if args.release:
         loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in candidates[pick]]  # in fold order
         config = loaded[0][1]
@@ -170,7 +182,12 @@ def main(argv=None) -> int:
                    "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
                    "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release
-    print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "per_patient")}, indent=1))
+    shown = {k: v for k, v in report.items() if k not in ("sweep", "per_patient", "against", "candidates")}
+    shown["candidates"] = {name: {k: v for k, v in row.items() if k != "scores"}
+                           for name, row in report.get("candidates", {}).items()} or None
+    print(json.dumps(shown, indent=1))
+    if args.against:
+        print(json.dumps({k: v for k, v in report["against"].items() if k not in ("ids", "per_patient")}, indent=1))
     return 0
 
 

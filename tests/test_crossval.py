@@ -136,7 +136,7 @@ def test_against_scores_another_splits_model_on_its_own_validation_patients_besi
                        "--split", "val", "--out", str(tmp_path / "infer")]) == 0
     scored = json.loads((tmp_path / "infer" / "metrics.json").read_text())
     got = report["against"]
-    assert got["patients"] == scored["n"] == 2
+    assert got["patients"] == scored["n"] == 2 and (tmp_path / "cv" / "crossval.png").is_file()
     assert got["dice"]["mean"] == pytest.approx(scored["dice"])  # the other model as infer.py scores it
     ids = [case["id"] for case in scored["cases"]]
     ours = np.mean([report["per_patient"][i]["dice"] for i in ids])  # the same patients, out of fold
