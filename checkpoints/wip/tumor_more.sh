@@ -6,6 +6,9 @@
 # out of fold: `eval.calibrate --split val --cross-fit 5` on the fold's held-out patients, one cycle, two cycles and
 # the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated.safetensors.threshold.json);
 # nothing is chosen on a patient's own score. Over all five folds: eval.crossval with both checkpoints of each fold.
+# The same second stage on whole-width crops (the open question of #13: +0.064 +- 0.038 on validation, -0.018 +- 0.055
+# on calibration): NAME=whole EXTRA="--set data.crop_size=400 --set train.batch_size=4" (400 x 400 crops, about the
+# pixels of 16 crops of 192 per step).
 # NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4),
 # PARALLEL (2), THREADS (1), EXTRA (more --set flags, e.g. "--set train.compile=true": 1.2-1.3x on a 2-core AMD
 # EPYC, measured with eval.bench_train), UNTIL=HH:MM; rerun to resume.
