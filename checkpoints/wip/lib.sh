@@ -20,3 +20,11 @@ train_run() {  # train_run CONFIG OUT STEPS [args...]: one run of $CODE, resumed
   OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config "$config" --out "$out" \
       --data-root ../shared/data --set train.max_steps="$steps" $(until_minutes) "${resume[@]}" "$@" >> "$out.log" 2>&1
 }
+in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every k in $FOLDS, PARALLEL (default 2) at a time
+  local running=0 k
+  for k in $FOLDS; do
+    "$1" "$k" & running=$((running + 1))
+    if [ "$running" -ge "${PARALLEL:-2}" ]; then wait -n; running=$((running - 1)); fi
+  done
+  wait
+}

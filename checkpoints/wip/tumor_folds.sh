@@ -15,26 +15,8 @@ set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 CODE=$(code_snapshot tumor_folds_code)
-maxmin=($(until_minutes))
 FOLDS=${FOLDS:-0 1 2 3 4}
-train() {  # train OUT STEPS [args...]: one fold run, resumed if it was started
-  local out=$1 steps=$2; shift 2
-  [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
-  local resume=() wip=checkpoints/wip/$(basename "$out")_last.safetensors
-  if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
-  elif [ -f "$wip" ]; then resume=(--continue-schedule); set -- "$@" --init "$wip"
-  fi
-  OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config configs/tumor_folds_cpu.yaml --out "$out" \
-      --data-root ../shared/data --set train.max_steps="$steps" "${maxmin[@]}" "${resume[@]}" "$@" >> "$out.log" 2>&1
-}
-in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every fold, PARALLEL at a time
-  local running=0
-  for k in $FOLDS; do
-    "$1" "$k" & running=$((running + 1))
-    if [ "$running" -ge "${PARALLEL:-2}" ]; then wait -n; running=$((running - 1)); fi
-  done
-  wait
-}
+train() { train_run configs/tumor_folds_cpu.yaml "$@"; }  # train OUT STEPS [args...]: resumed if it was started
 segmenter() { train runs/tumor_fold$1 1200 --set data.fold=$1 ${LEVERS:-}; }
 diffusion() {  # only from a finished segmenter (a run stopped by UNTIL goes on next time)
   [ -f "runs/tumor_fold$1/checkpoints/step_0001200.pt" ] || { echo "fold $1: segmenter not finished" >&2; return 0; }
