@@ -5,7 +5,9 @@
 #   stage d (runs/ct_dif_more):  3,000 steps on whole slices from stage c's last weights, cosine from lr 5e-5;
 # the same 10 calibration patients held out as the release's stages (in-training validation there, never on the 53
 # validation patients), no checkpoint chosen (last.safetensors is compared), as for the regressor.
-# THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages.
+# THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
+# EXTRA more --set flags (e.g. "--set train.compile=true": 1.16x on this network on a 2-core AMD EPYC, measured
+# with eval.bench_train; measure on the machine at hand first).
 # Resumable: rerun (from runs/, or when runs/ is gone from the slim weights committed as
 # checkpoints/wip/<run>_last.safetensors: a finished stage's are its result, an unfinished one's go on).
 set -e
@@ -31,7 +33,7 @@ stage() {  # stage OUT INIT STEPS LR
       --init "$init" --data-root ../shared/data --set diffusion.timestep_power=0.15 \
       --set data.calib_patients=10 --set data.crop_size=256 --set train.batch_size=4 --set train.lr="$lr" \
       --set train.warmup_steps=20 --set train.max_steps="$steps" --set train.val_every=250 \
-      --set train.val_slices=40 "${maxmin[@]}" "${resume[@]}" >> "$out.log" 2>&1
+      --set train.val_slices=40 ${EXTRA:-} "${maxmin[@]}" "${resume[@]}" >> "$out.log" 2>&1
   [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] || { echo "$out stopped before step $steps: rerun"; exit 0; }
 }
 mkdir -p runs
