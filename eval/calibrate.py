@@ -162,7 +162,12 @@ def main(argv=None) -> int:
     report["sweep"] = {f"{t}/{m}": float(table[:, index[0], j, k].mean()) for j, t in enumerate(THRESHOLDS)
                        for k, m in enumerate(MIN_SIZES)}
     Path(str(args.out) + ".threshold.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "ids")}, indent=1))
+    shown = {k: v for k, v in report.items() if k not in ("sweep", "ids")}
+    if "per_checkpoint" in report.get("cross_fit", {}):  # the per-image scores stay in the report file
+        shown["cross_fit"] = {**report["cross_fit"], "per_checkpoint": {
+            path: {k: v for k, v in row.items() if k != "scores"}
+            for path, row in report["cross_fit"]["per_checkpoint"].items()}}
+    print(json.dumps(shown, indent=1))
     return 0
 
 

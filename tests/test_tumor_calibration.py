@@ -72,6 +72,11 @@ def test_calibration_over_several_checkpoints_writes_the_chosen_one(trained_tumo
     assert report["checkpoint"] == str(good) and report["per_checkpoint"][str(bad)]["dice"] == 0.0
     assert report["dice"] == report["per_checkpoint"][str(good)]["dice"] > 0
     assert torch.equal(load_slim(out)[0]["conv_out.bias"], state["conv_out.bias"])
+    # each checkpoint cross-fitted on its own, and the good one's paired gain over the blind one listed first
+    rows = report["cross_fit"]["per_checkpoint"]
+    assert rows[str(bad)]["dice"] == 0.0 and rows[str(bad)]["vs_first"] == 0.0
+    assert rows[str(good)]["vs_first"] == pytest.approx(rows[str(good)]["dice"]) and rows[str(good)]["dice"] > 0
+    assert len(rows[str(good)]["scores"]) == report["images"]
 
 
 def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_tumor_tiny, tumor_root, tmp_path):
