@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     pred = Path(args.pred)
     if not pred.is_dir():
         raise UserError(f"--pred {pred}: folder does not exist")
-    root, where = task.layout.resolve_root(args.data_root)
+    root, _where = task.layout.resolve_root(args.data_root)
     split_config = None
     if args.split != "all":
         split_config = load_slim(args.checkpoint or released_checkpoint(task), expected_task=task.name)[1]["data"]
