@@ -26,8 +26,9 @@ each model's default ensemble (members = folds x that ensemble), the chosen thre
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
 patients are its check. `--against CHECKPOINT` (e.g. today's release, trained on another split) scores that model on
 its own validation patients beside their out-of-fold Dice, paired: two recipes side by side on patients neither
-trained on. `<out>/crossval.png` shows the per-patient Dice by fold (and the pairs); `<out>/crossval.json` has the per-patient out-of-fold Dice, the sweep, the chosen settings
-and the uncertainty report (error rate of the pixels where the members disagree against the rest).
+trained on. `<out>/crossval.png` shows the per-patient Dice by fold (and the pairs); `<out>/crossval.json` has the
+per-patient out-of-fold Dice, the sweep, the chosen settings and the uncertainty report (error rate of the pixels
+where the members disagree against the rest).
 """
 from __future__ import annotations
 
@@ -160,18 +161,17 @@ def main(argv=None) -> int:
         names = [" ".join(path for path, _ in models) for models in candidates]
         report["candidates"] = compare_candidates(table, len(candidates[0]), names, fold=fold)
         per_candidate = [np.array(row["scores"]) for row in report["candidates"].values()]
+    pairs = None
     if args.against:
         report["against"] = against(task, root, args.against, dict(zip(ids, fitted["scores"])))
+        pairs = {"name": Path(args.against).name, "theirs": report["against"]["per_patient"],
+                 "ours": [report["per_patient"][i]["dice"] for i in report["against"]["ids"]]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(report, indent=1))
     by_fold = {f"candidate {c}" if len(candidates) > 1 else "out of fold":
                [list(fitted_scores[fold == k]) for k in range(len(candidates[0]))]
                for c, fitted_scores in enumerate(per_candidate)}
-    pairs = None
-    if args.against:
-        pairs = {"name": Path(args.against).name, "theirs": report["against"]["per_patient"],
-                 "ours": [report["per_patient"][i]["dice"] for i in report["against"]["ids"]]}
     plot_folds(by_fold, out / "crossval.png", pairs)
     if args.release:
         loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in candidates[pick]]  # in fold order
