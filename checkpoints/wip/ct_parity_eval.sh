@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 28.1-28.2, after ct_parity.sh: what parity bought, and the student from the new teacher.
+#   compare: the equal-compute table, one harness run on all 530 validation slices (53 patients, same slices and
+#     seeds): the release (the regressor, 10,529 steps, flip pair), the diffusion model at parity (10,529 steps,
+#     its default DDIM-1 x 8 with flips, and one member), the diffusion model before parity (6,529 steps, crops
+#     only) -> runs/compare_ct_parity. Nothing is chosen here: last weights against last weights, as for the
+#     regressor.
+#   distill: the 1-evaluation ensemble student (configs/ct_distill_ensemble_cpu.yaml) re-distilled from the parity
+#     model, on whole 256x256 slices (batch 4: the pixels per step of the first student's 16 crops of 128x128),
+#     the teacher's own 10 calibration patients held out (in-training check there) -> runs/ct_distill_parity.
+# STAGES (default "compare distill"), THREADS (default 2), UNTIL=HH:MM stops training by then with a checkpoint;
+# rerun to resume (from runs/, or from checkpoints/wip/ct_distill_parity_last.safetensors).
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+. checkpoints/wip/lib.sh
+CODE=$(code_snapshot ct_parity_eval_code)
+export OMP_NUM_THREADS=${THREADS:-2}
+ROOT=$PWD DATA=$(cd ../shared/data && pwd)
+teacher=runs/ct_dif_more/last.safetensors
+[ -f "$teacher" ] || teacher=checkpoints/wip/ct_dif_more_last.safetensors
+step=$(python -c "import json,sys; from safetensors import safe_open; \
+print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$teacher")
+[ "$step" = 3000 ] || { echo "$teacher is at step $step of stage d's 3000: run ct_parity.sh first" >&2; exit 2; }
+mkdir -p runs
+case " ${STAGES:-compare distill} " in *" compare "*)
+  [ -f runs/compare_ct_parity/results.md ] || (cd "$CODE" && python -m eval.compare --task ct --split val \
+      --data-root "$DATA" --out "$ROOT"/runs/compare_ct_parity \
+      --variant "name=release (regressor; 10529 steps; flip pair),checkpoint=$ROOT/checkpoints/ct_inpaint.safetensors" \
+      --variant "name=diffusion at parity (10529 steps; DDIM-1 x 8 with flips),checkpoint=$ROOT/$teacher" \
+      --variant "name=diffusion at parity (one member),checkpoint=$ROOT/$teacher,ensemble=1,flip=0" \
+      --variant "name=diffusion before parity (6529 steps; crops only; DDIM-1 x 8 with flips),checkpoint=$ROOT/checkpoints/ct_inpaint_diffusion.safetensors" \
+      ) > runs/compare_ct_parity.log 2>&1 ;;
+esac
+case " ${STAGES:-compare distill} " in *" distill "*)
+  train_run configs/ct_distill_ensemble_cpu.yaml runs/ct_distill_parity 400 --set distill.teacher="$teacher" \
+      --set data.crop_size=256 --set train.batch_size=4 ;;
+esac
