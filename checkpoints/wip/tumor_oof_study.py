@@ -1,0 +1,126 @@
+"""Issue #27: two inference-time levers judged out of fold with the five fold segmenters, no training.
+
+    python checkpoints/wip/tumor_oof_study.py --checkpoint runs/tumor_fold{0,1,2,3,4}/last.safetensors \
+        --data-root ../shared/data --out runs/tumor_oof_study
+
+Every patient is predicted by the fold model that did not train on it (its default flip pair), at scale 1 and at
+the `--scales` (the whole image zoomed about its centre like the training's zoom augmentation, the probability
+mapped back; pixels a zoom pushed out of the frame count only in the other scales). Then, each scored by cross-fitting
+over the five folds (a fold's patients scored with the setting chosen on the other four, as `eval.crossval` does):
+  - hysteresis: components of probability > low kept only when their peak exceeds high (high = 0: off), with the
+    minimum component size;
+  - scale test-time augmentation: the mean probability over scale 1 and the other scales, threshold and size chosen.
+Prints each arm's cross-validated Dice and its paired difference from today's setting (threshold x size), with
+standard errors over patients; writes `<out>/study.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusion.evaluate import select_cases
+from diffusion.inference import case_seed
+from diffusion.metrics import dice_score
+from diffusion.tasks import get_task
+from eval.crossval import fold_models
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+PEAKS = (0.0, 0.9, 0.95, 0.97, 0.98, 0.99)
+MIN_SIZES = (0, 10, 25, 50)
+
+
+def kept(probability: np.ndarray, low: float, peak: float, min_size: int) -> np.ndarray:
+    """Components of probability > low with a peak above `peak` and at least `min_size` pixels."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((probability > low).astype(np.uint8), connectivity=8)
+    top = np.zeros(n)
+    np.maximum.at(top, labels.ravel(), probability.ravel())
+    keep = (top > peak) & (stats[:, cv2.CC_STAT_AREA] >= min_size)
+    keep[0] = False
+    return keep[labels]
+
+
+def fitted(table: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Per-patient Dice, each fold's patients at the setting (all axes but the first) best on the other folds."""
+    scores = np.zeros(len(table))
+    for f in np.unique(fold):
+        mean = np.nanmean(table[fold != f], 0)
+        index = np.unravel_index(int(np.nanargmax(mean)), mean.shape)
+        scores[fold == f] = table[(fold == f, *index)]
+    return scores
+
+
+def zoomed_probability(model, image: np.ndarray, scale: float, seed: int) -> np.ndarray:
+    h, w = image.shape
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 0, scale)
+    warped = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=255)
+    probability = model.predict_one({"image": warped}, seed=seed).probability.astype(np.float32)
+    inverse = cv2.invertAffineTransform(matrix)
+    back = cv2.warpAffine(probability, inverse, (w, h), flags=cv2.INTER_LINEAR, borderValue=np.nan)
+    inside = cv2.warpAffine(np.ones((h, w), np.float32), inverse, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    back[inside == 0] = np.nan
+    return back
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", nargs="+", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--scales", default="0.85,1.18")
+    p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", "Mean of empty slice")  # hysteresis cells with peak <= low are left empty
+    task = get_task("tumor")
+    root, _ = task.layout.resolve_root(args.data_root)
+    scales = [float(s) for s in args.scales.split(",")]
+    probabilities, truths, fold = [], [], []
+    for k, (_, model) in enumerate(fold_models(args.checkpoint)[0]):
+        cases, _ = select_cases(task, root, model.config["data"], "val", args.limit, whose=str(model.checkpoint))
+        for case in tqdm(cases, desc=f"fold {k}"):
+            example = task.layout.read_case(root, case, with_truth=True)
+            seed = case_seed(case.id)
+            first = model.predict_one(example.inputs, seed=seed).probability.astype(np.float32)
+            probabilities.append([first] + [zoomed_probability(model, example.inputs["image"], s, seed)
+                                            for s in scales])
+            truths.append(example.truth.astype(bool))
+            fold.append(k)
+    fold = np.array(fold)
+    hysteresis = np.full((len(truths), len(THRESHOLDS), len(PEAKS), len(MIN_SIZES)), np.nan)
+    for i, (probability, truth) in enumerate(tqdm(list(zip(probabilities, truths)), desc="hysteresis")):
+        for a, low in enumerate(THRESHOLDS):
+            for b, peak in enumerate(PEAKS):
+                if peak == 0 or peak > low:
+                    for c, size in enumerate(MIN_SIZES):
+                        hysteresis[i, a, b, c] = dice_score(kept(probability[0], low, peak, size), truth)
+    today = fitted(hysteresis[:, :, :1], fold)
+    arms = {"today (threshold x size)": today, "hysteresis (low x peak x size)": fitted(hysteresis, fold)}
+    tta = {f"scales 1+{s}": [0, j + 1] for j, s in enumerate(scales)}
+    tta["scales 1+" + "+".join(map(str, scales))] = list(range(len(scales) + 1))
+    for name, members in tta.items():
+        table = np.zeros((len(truths), len(THRESHOLDS), len(MIN_SIZES)))
+        for i, (probability, truth) in enumerate(zip(probabilities, truths)):
+            mean = np.nan_to_num(np.nanmean(np.stack([probability[m] for m in members]), 0))
+            for a, low in enumerate(THRESHOLDS):
+                for c, size in enumerate(MIN_SIZES):
+                    table[i, a, c] = dice_score(kept(mean, low, 0.0, size), truth)
+        arms[name] = fitted(table, fold)
+    n = len(truths)
+    report = {name: {"dice": float(s.mean()), "se": float(s.std(ddof=1) / np.sqrt(n)),
+                     "vs_today": float((s - today).mean()), "vs_today_se": float((s - today).std(ddof=1) / np.sqrt(n)),
+                     "per_fold": [float(s[fold == k].mean()) for k in np.unique(fold)]} for name, s in arms.items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(report, indent=1))
+    for name, row in report.items():
+        print(f"{name}: {row['dice']:.3f} ± {row['se']:.3f}, vs today {row['vs_today']:+.4f} ± {row['vs_today_se']:.4f}, "
+              f"per fold {' / '.join(f'{d:.3f}' for d in row['per_fold'])}")
+
+
+if __name__ == "__main__":
+    main()
