@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion.evaluate import select_cases
-from diffusion.inference import case_seed
+from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
 from eval.crossval import fold_models
@@ -67,19 +67,55 @@ def zoomed_probability(model, image: np.ndarray, scale: float, seed: int) -> np.
     return back
 
 
+def threshold_table(probabilities: list[np.ndarray], truths: list[np.ndarray]) -> np.ndarray:
+    """Per-image Dice at every threshold x minimum size: (images, thresholds, sizes)."""
+    table = np.zeros((len(truths), len(THRESHOLDS), len(MIN_SIZES)))
+    for i, (probability, truth) in enumerate(zip(probabilities, truths)):
+        for a, low in enumerate(THRESHOLDS):
+            for c, size in enumerate(MIN_SIZES):
+                table[i, a, c] = dice_score(kept(probability, low, 0.0, size), truth)
+    return table
+
+
+def pair_arms(task, root, checkpoint: str, ids, probabilities, truths, fold) -> dict[str, np.ndarray]:
+    """Another split's model on its validation patients that were scored out of fold: it, the fold model and their
+    mean, each cross-fitted over those patients (by their folds). Per-patient Dice over all patients, NaN elsewhere."""
+    other = load_predictor("tumor", checkpoint)
+    cases, _ = select_cases(task, root, other.config["data"], "val", None, whose=checkpoint)
+    where = {i: n for n, i in enumerate(ids)}
+    rows = [(where[c.id], c) for c in cases if c.id in where]
+    if len({fold[n] for n, _ in rows}) < 2:
+        raise SystemExit(f"--pair {checkpoint}: its validation patients scored out of fold lie in fewer than 2 folds")
+    theirs = [other.predict_one(task.layout.read_case(root, c, with_truth=False).inputs, seed=case_seed(c.id)).probability
+              for _, c in tqdm(rows, desc="pair")]
+    ours = [probabilities[n][0] for n, _ in rows]
+    truth = [truths[n] for n, _ in rows]
+    folds = np.array([fold[n] for n, _ in rows])
+    arms = {}
+    for name, probs in ((f"pair: {Path(checkpoint).name} alone", theirs), ("pair: fold model alone", ours),
+                        ("pair: mean of the two", [(a + b) / 2 for a, b in zip(theirs, ours)])):
+        scores = np.full(len(truths), np.nan)
+        scores[[n for n, _ in rows]] = fitted(threshold_table(probs, truth), folds)
+        arms[name] = scores
+    return arms
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True)
     p.add_argument("--data-root", default=None)
     p.add_argument("--scales", default="0.85,1.18")
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
+    p.add_argument("--pair", default=None, metavar="CHECKPOINT",
+                   help="a model of another split (e.g. the release): on its validation patients, it, the fold model "
+                        "and the mean of the two (an ensemble of two independently trained models), cross-fitted")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     warnings.filterwarnings("ignore", "Mean of empty slice")  # hysteresis cells with peak <= low are left empty
     task = get_task("tumor")
     root, _ = task.layout.resolve_root(args.data_root)
     scales = [float(s) for s in args.scales.split(",")]
-    probabilities, truths, fold = [], [], []
+    probabilities, truths, fold, ids = [], [], [], []
     for k, (_, model) in enumerate(fold_models(args.checkpoint)[0]):
         cases, _ = select_cases(task, root, model.config["data"], "val", args.limit, whose=str(model.checkpoint))
         for case in tqdm(cases, desc=f"fold {k}"):
@@ -90,6 +126,7 @@ def main() -> None:
                                             for s in scales])
             truths.append(example.truth.astype(bool))
             fold.append(k)
+            ids.append(case.id)
     fold = np.array(fold)
     hysteresis = np.full((len(truths), len(THRESHOLDS), len(PEAKS), len(MIN_SIZES)), np.nan)
     for i, (probability, truth) in enumerate(tqdm(list(zip(probabilities, truths)), desc="hysteresis")):
@@ -103,23 +140,31 @@ def main() -> None:
     tta = {f"scales 1+{s}": [0, j + 1] for j, s in enumerate(scales)}
     tta["scales 1+" + "+".join(map(str, scales))] = list(range(len(scales) + 1))
     for name, members in tta.items():
-        table = np.zeros((len(truths), len(THRESHOLDS), len(MIN_SIZES)))
-        for i, (probability, truth) in enumerate(zip(probabilities, truths)):
-            mean = np.nan_to_num(np.nanmean(np.stack([probability[m] for m in members]), 0))
-            for a, low in enumerate(THRESHOLDS):
-                for c, size in enumerate(MIN_SIZES):
-                    table[i, a, c] = dice_score(kept(mean, low, 0.0, size), truth)
-        arms[name] = fitted(table, fold)
-    n = len(truths)
-    report = {name: {"dice": float(s.mean()), "se": float(s.std(ddof=1) / np.sqrt(n)),
-                     "vs_today": float((s - today).mean()), "vs_today_se": float((s - today).std(ddof=1) / np.sqrt(n)),
-                     "per_fold": [float(s[fold == k].mean()) for k in np.unique(fold)]} for name, s in arms.items()}
+        means = [np.nan_to_num(np.nanmean(np.stack([probability[m] for m in members]), 0))
+                 for probability in probabilities]
+        arms[name] = fitted(threshold_table(means, truths), fold)
+    if args.pair:
+        arms |= pair_arms(task, root, args.pair, ids, probabilities, truths, fold)
+    report = {}
+    for name, scores in arms.items():  # each against today's setting, a pair row against the fold model alone
+        reference = arms["pair: fold model alone"] if name.startswith("pair") else today
+        scored = ~np.isnan(scores)
+        mean, se = mean_se(scores[scored])
+        report[name] = {"patients": int(scored.sum()), "dice": mean, "se": se,
+                        "reference": "the fold model alone" if name.startswith("pair") else "today",
+                        "difference": mean_se((scores - reference)[scored]),
+                        "per_fold": [float(np.mean(scores[scored & (fold == k)])) for k in np.unique(fold[scored])]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(report, indent=1))
     for name, row in report.items():
-        print(f"{name}: {row['dice']:.3f} ± {row['se']:.3f}, vs today {row['vs_today']:+.4f} ± {row['vs_today_se']:.4f}, "
-              f"per fold {' / '.join(f'{d:.3f}' for d in row['per_fold'])}")
+        (d, e) = row["difference"]
+        print(f"{name} ({row['patients']} patients): {row['dice']:.3f} ± {row['se']:.3f}, vs {row['reference']} "
+              f"{d:+.4f} ± {e:.4f}, per fold {' / '.join(f'{v:.3f}' for v in row['per_fold'])}")
+
+
+def mean_se(values: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 if __name__ == "__main__":
