@@ -3,8 +3,8 @@
 #   compare: the equal-compute table, one harness run on all 530 validation slices (53 patients, same slices and
 #     seeds): the release (the regressor, 10,529 steps, flip pair), the diffusion model at parity (10,529 steps,
 #     its default DDIM-1 x 8 with flips, and one member) -> runs/compare_ct_parity (the diffusion model before
-#     parity was scored on the same slices with the same seeds in docs/compare_ct_equal_compute.csv). Nothing is chosen here: last weights against last weights, as for the
-#     regressor.
+#     parity was scored on the same slices with the same seeds in docs/compare_ct_equal_compute.csv). Nothing is
+#     chosen here: last weights against last weights, as for the regressor.
 #   distill: the 1-evaluation ensemble student (configs/ct_distill_ensemble_cpu.yaml) re-distilled from the parity
 #     model, on whole 256x256 slices (batch 4: the pixels per step of the first student's 16 crops of 128x128),
 #     the teacher's own 10 calibration patients held out (in-training check there) -> runs/ct_distill_parity.
