@@ -3,7 +3,8 @@
 #   compare: the equal-compute table, one harness run on all 530 validation slices (53 patients, same slices and
 #     seeds): the release (the regressor, 10,529 steps, flip pair), the diffusion model at parity (10,529 steps,
 #     its default DDIM-1 x 8 with flips, and one member) -> runs/compare_ct_parity (the diffusion model before
-#     parity was scored on the same slices with the same seeds in docs/compare_ct_equal_compute.csv). Nothing is
+#     parity was scored on the same slices with the same seeds in docs/compare_ct_equal_compute.csv; the training
+#     run's weights carry its in-training sampler, one member, so the default is named). Nothing is
 #     chosen here: last weights against last weights, as for the regressor.
 #   distill: the 1-evaluation ensemble student (configs/ct_distill_ensemble_cpu.yaml) re-distilled from the parity
 #     model, on whole 256x256 slices (batch 4: the pixels per step of the first student's 16 crops of 128x128),
@@ -26,7 +27,7 @@ case " ${STAGES:-compare distill} " in *" compare "*)
   [ -f runs/compare_ct_parity/results.md ] || (cd "$CODE" && python -m eval.compare --task ct --split val \
       --data-root "$DATA" --out "$ROOT"/runs/compare_ct_parity \
       --variant "name=release (regressor; 10529 steps; flip pair),checkpoint=$ROOT/checkpoints/ct_inpaint.safetensors" \
-      --variant "name=diffusion at parity (10529 steps; DDIM-1 x 8 with flips),checkpoint=$ROOT/$teacher" \
+      --variant "name=diffusion at parity (10529 steps; DDIM-1 x 8 with flips),checkpoint=$ROOT/$teacher,ensemble=8,flip=1" \
       --variant "name=diffusion at parity (one member),checkpoint=$ROOT/$teacher,ensemble=1,flip=0" \
       ) > runs/compare_ct_parity.log 2>&1 ;;
 esac
