@@ -31,10 +31,16 @@ def add_split_argument(parser, default: str | None = "all") -> None:
 
 
 def select_cases(task: Task, root: Path, split_config: dict | None, split: str = "all", limit: int | None = None,
-                 include_extra: bool = False, whose: str = "the checkpoint") -> tuple[list[Case], str]:
+                 include_extra: bool = False, whose: str = "the checkpoint", members: int = 1) -> tuple[list[Case], str]:
     """(the cases of a data root on one side of a checkpoint's patient-level split, one line saying how many of how
     many were selected and why). `split_config`: the checkpoint's `data` section. With a limit on the held-out
-    patients (`split` "val" or "calib"), the cases are spread over as many of them as possible."""
+    patients (`split` "val" or "calib"), the cases are spread over as many of them as possible. A fold ensemble
+    (`members` > 1 networks of a K-fold split) has no held-out side: each patient was trained on by K-1 members."""
+    if split != "all" and members > 1 and split_config and split_config.get("folds"):
+        raise UserError(f"--split {split}: {whose} is a fold ensemble of {members} networks, each trained with "
+                        f"another fold held out, so every patient of its split was trained on by {members - 1} of "
+                        f"them and none is held out. Score it on new patients (--split all on a folder of them), or "
+                        f"its folds out of fold with `python -m eval.crossval`")
     found = task.layout.list_cases(root, include_extra)
     cases = found
     why = ["split all: every case"]
@@ -202,7 +208,7 @@ def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, 
     task = predictor.task
     root, where = task.layout.resolve_root(data_root)
     cases, selection = select_cases(task, root, predictor.config["data"], split, limit, include_extra,
-                                    whose=str(predictor.checkpoint or "the model"))
+                                    whose=str(predictor.checkpoint or "the model"), members=len(predictor.models))
     if not cases:
         raise UserError(f"{root}: no {task.name} cases on the '{split}' side of {predictor.checkpoint}'s split"
                         + (" (it was trained without calibration patients)" if split == "calib" else ""))

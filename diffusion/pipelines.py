@@ -15,10 +15,16 @@ loads it alone) and the noise schedule (a `DDPMScheduler` config), and keeps the
 (`dmiai_config` in model_index.json: task, parameterisation, default sampler and ensemble, threshold). Calling it
 runs the very code path of `infer.py` (`diffusion.inference.Predictor.predict_one`): the same input and seed give
 the same prediction. `python -m eval.export` writes such a folder from a slim checkpoint, with its model card.
+
+A fold ensemble (a checkpoint of several networks, e.g. the tumor release) keeps its first network as `unet` and
+the others as `unet_member1/` ... beside it (each a `UNet2DModel` folder); every call runs them all, as `infer.py`.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +32,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 
-from diffusion.checkpoint import load_slim
+from diffusion.checkpoint import load_slim, member_states
 from diffusion.config import fill_defaults
 from diffusion.denoiser import Denoiser
 from diffusion.errors import UserError
@@ -79,18 +85,47 @@ class DMIAIPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(dmiai_config=dmiai_config)
         self._predictor: Predictor | None = None
+        self.extra_members: list[UNet2DModel] = []  # a fold ensemble's networks after the first (`unet`)
 
     # --- building -------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path) -> DMIAIPipeline:
         """The pipeline of a slim `.safetensors` checkpoint of this repository (e.g. a released one)."""
         state, config, _ = load_slim(path, expected_task=cls.task_name)
-        denoiser = build_denoiser(config)
-        denoiser.net.load_state_dict(state)
+        nets = []
+        for member in member_states(state):
+            nets.append(build_denoiser(config).net)
+            nets[-1].load_state_dict(member)
         d = config["diffusion"]
         scheduler = DDPMScheduler(num_train_timesteps=d["num_train_timesteps"], beta_schedule=d["beta_schedule"],
                                   prediction_type=d["prediction_type"], clip_sample=True)
-        return cls(unet=denoiser.net, scheduler=scheduler, dmiai_config=config)
+        pipe = cls(unet=nets[0], scheduler=scheduler, dmiai_config=config)
+        pipe.extra_members = nets[1:]
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> DMIAIPipeline:
+        """diffusers' loading, plus a fold ensemble's further networks (`unet_member<k>/`) from a local folder."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(pretrained_model_name_or_path)
+        found = sorted((int(m.group(1)), f) for f in (folder.iterdir() if folder.is_dir() else [])
+                       if (m := re.fullmatch(r"unet_member(\d+)", f.name)))
+        if [k for k, _ in found] != list(range(1, len(found) + 1)):
+            raise UserError(f"{folder}: ensemble members {[k for k, _ in found]}, expected unet_member1..N")
+        pipe.extra_members = [UNet2DModel.from_pretrained(f, torch_dtype=pipe.unet.dtype) for _, f in found]
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' layout (model_index.json, unet/, scheduler/), plus `unet_member<k>/` for a fold ensemble."""
+        super().save_pretrained(save_directory, **kwargs)
+        for k, net in enumerate(self.extra_members, start=1):
+            net.save_pretrained(Path(save_directory) / f"unet_member{k}",
+                                safe_serialization=kwargs.get("safe_serialization", True))
+
+    @property
+    def networks(self) -> list[UNet2DModel]:
+        """`unet` and a fold ensemble's further networks."""
+        return [self.unet, *self.extra_members]
 
     @property
     def dmiai(self) -> dict:
@@ -103,12 +138,13 @@ class DMIAIPipeline(DiffusionPipeline):
             d = {**config["diffusion"], "num_train_timesteps": s.num_train_timesteps,
                  "beta_schedule": s.beta_schedule, "prediction_type": s.prediction_type}
             task = get_task(config["task"])
-            cast(self.unet, torch.float32)  # exported in half precision, computed in float32 (bf16 autocast on top)
-            denoiser = Denoiser(self.unet, prediction_type=d["prediction_type"],
-                                num_train_timesteps=d["num_train_timesteps"], beta_schedule=d["beta_schedule"],
-                                loss=d["loss"], timestep_power=d["timestep_power"], null_class=task.null_class,
-                                class_dropout=d["class_dropout"], objective=d["objective"])
-            self._predictor = Predictor(denoiser, {**config, "diffusion": d}, device=self.device, bf16=bf16)
+            denoisers = [Denoiser(cast(net, torch.float32),  # exported in half precision, computed in float32
+                                  prediction_type=d["prediction_type"], num_train_timesteps=d["num_train_timesteps"],
+                                  beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
+                                  null_class=task.null_class, class_dropout=d["class_dropout"],
+                                  objective=d["objective"]) for net in self.networks]
+            self._predictor = Predictor(denoisers if len(denoisers) > 1 else denoisers[0],
+                                        {**config, "diffusion": d}, device=self.device, bf16=bf16)
         return self._predictor
 
     # --- sampling -------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def common_cases(task, root: Path, predictors: list[Predictor], names: list[str]
     chosen = None
     for name, predictor in zip(names, predictors):
         cases, line = select_cases(task, root, predictor.config["data"], split, limit, extra,
-                                   whose=str(predictor.checkpoint))
+                                   whose=str(predictor.checkpoint), members=len(predictor.models))
         if chosen is None:
             chosen, first = cases, name
             print(line, file=sys.stderr)

@@ -3,8 +3,8 @@
     python -m eval.export --checkpoint checkpoints/ct_inpaint.safetensors --out exported/ct_inpaint
     python -m eval.export --checkpoint checkpoints/tumor_seg.safetensors --out exported/tumor_seg
 
-The folder holds model_index.json, unet/ (a diffusers `UNet2DModel`: config.json and half-precision safetensors),
-scheduler/ (the `DDPMScheduler` config of the noise schedule) and README.md: the checkpoint's model card
+The folder holds model_index.json, unet/ (a diffusers `UNet2DModel`: config.json and half-precision safetensors;
+a fold ensemble's further networks as unet_member1/ ...), scheduler/ (the `DDPMScheduler` config of the noise schedule) and README.md: the checkpoint's model card
 (`<checkpoint stem>.md` beside it, or --card) under a YAML header (license, library, tags). Load it with
 `CTInpaintPipeline.from_pretrained(DIR)` / `TumorSegmentationPipeline.from_pretrained(DIR)` from
 `diffusion.pipelines`, or the network alone with `UNet2DModel.from_pretrained(DIR, subfolder="unet")`.
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     card = Path(args.card) if args.card else checkpoint.with_suffix(".md")
     if args.card and not card.is_file():
         raise UserError(f"--card {card} does not exist")
-    cast(pipeline.unet, torch.float16)  # the slim weights are half precision already: nothing is lost
+    for net in pipeline.networks:
+        cast(net, torch.float16)  # the slim weights are half precision already: nothing is lost
     pipeline.save_pretrained(out, safe_serialization=True)
     body = card.read_text() if card.is_file() else f"# {checkpoint.name}\n\n(no model card was found beside it)\n"
     (out / "README.md").write_text(card_header(pipeline.task_name, checkpoint) + usage(pipeline, out) + body)

@@ -52,13 +52,16 @@ def failure(done: subprocess.CompletedProcess) -> str:
     return lines[-1][:160] if lines else f"exit {done.returncode}"
 
 
-def train_row(config: str, compile_: bool, steps: int, data: Path, out: Path) -> dict:
+def train_row(config: str, compile_: bool, steps: int, data: Path, out: Path, batch: int | None = None) -> dict:
+    """`batch` overrides the config's batch size (the generated data is smaller than one GPU batch)."""
     run_dir = out / f"train_{config}_{'compile' if compile_ else 'eager'}"
     cmd = [sys.executable, "train_diffusion.py", "--config", f"configs/{config}.yaml", "--out", str(run_dir),
            "--data-root", str(data), "--max-steps", str(steps), "--set", f"train.compile={str(compile_).lower()}",
            "--set", "data.val_patients=3", "--set", "train.val_slices=4",
            "--set", f"train.log_every={max(1, min(10, steps // 4))}",
            "--set", "train.val_every=1000000", "--set", "train.checkpoint_every=1000000"]
+    if batch:
+        cmd += ["--set", f"train.batch_size={batch}"]
     done, seconds = run(cmd, timeout=600)
     row = {"what": f"train {config}" + (" + compile" if compile_ else ""), "ok": done.returncode == 0,
            "seconds": round(seconds, 1)}
@@ -158,13 +161,14 @@ def main(argv=None) -> int:
         raise UserError("--device cuda: no CUDA device is available (use --device cpu for a dry run)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data_root or os.environ.get("DMIAI_DATA") or generated_data(out / "data")).resolve()
+    real = args.data_root or os.environ.get("DMIAI_DATA")
+    data = Path(real or generated_data(out / "data")).resolve()
     compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     rows = []
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
         for compile_ in compiles:
-            rows.append(train_row(config, compile_, args.steps, data, out))
+            rows.append(train_row(config, compile_, args.steps, data, out, batch=None if real else 4))
             print(rows[-1], flush=True)
     for task in ("ct", "tumor"):
         rows.append(infer_row(task, args.device, args.limit, data, out))

@@ -70,6 +70,40 @@ def test_the_release_is_the_ensemble_of_the_fold_models(folds, tumor_root):
     assert prediction.image.dtype == np.uint8 and set(np.unique(prediction.image)) <= {0, 255}
 
 
+def test_the_fold_ensemble_has_no_held_out_side_so_infer_refuses_split_val(folds, tmp_path):
+    """Every patient of the split was trained on by K-1 of the ensemble's members: a "validation" score would be an
+    in-sample one. infer.py (and eval.compare) say so instead; --split all (a folder of new patients) runs."""
+    import infer
+
+    from diffusion.errors import UserError
+
+    base, _, _ = folds
+    args = ["--task", "tumor", "--data-root", str(base / "data"), "--checkpoint", str(base / "ensemble.safetensors")]
+    for split in ("val", "calib"):
+        with pytest.raises(UserError, match="fold ensemble of 2 networks"):
+            infer.main([*args, "--split", split, "--out", str(tmp_path / split)])
+    assert infer.main([*args, "--split", "all", "--limit", "1", "--out", str(tmp_path / "all")]) == 0
+
+
+def test_the_fold_ensemble_exports_as_a_diffusers_pipeline_with_every_member(folds, tmp_path):
+    """eval.export writes unet/ and unet_member1/; from_pretrained loads both and predicts what infer.py's
+    predictor does with the checkpoint (a pipeline that dropped a member would predict with one network)."""
+    from diffusion.pipelines import TumorSegmentationPipeline
+    from eval import export
+
+    base, _, _ = folds
+    checkpoint = base / "ensemble.safetensors"
+    assert export.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "unet_member1" / "config.json").is_file()
+    pipe = TumorSegmentationPipeline.from_pretrained(tmp_path / "x")
+    assert len(pipe.networks) == 2
+    image = np.full((64, 48), 230, np.uint8)
+    image[20:30, 10:20] = 20
+    got = pipe(image=image, seed=0)
+    want = load_predictor("tumor", checkpoint).predict_one({"image": image}, seed=0)
+    assert np.allclose(got.probability, want.probability, atol=1e-3)
+
+
 def test_the_fold_models_must_be_one_splits_folds(folds):
     from diffusion.errors import UserError
 

@@ -113,6 +113,22 @@ def test_tumor_weight_scales_only_tumor_pixels():
     assert get_task("tumor", {"tumor_weight": 5.0}) is not get_task("tumor")
 
 
+@pytest.mark.parametrize("task_name", ["ct", "tumor"])
+def test_a_training_batch_is_computed_on_the_batch_s_device(task_name):
+    """The GPU path without a GPU: a batch on the meta device (a device other than the CPU) must give target,
+    condition and weight there; a tensor made on the CPU inside training_batch (the tumor position channel once was,
+    which broke training on the first GPU it met) mixes devices and raises."""
+    n, h, w = 2, 8, 6
+    if task_name == "ct":
+        batch = {"ct": torch.zeros(n, h, w, dtype=torch.uint8), "missing_mask": torch.zeros(n, h, w),
+                 "tissue": torch.zeros(n, h, w, dtype=torch.uint8), "vertebra": torch.tensor([3, 4])}
+    else:
+        batch = {"image": torch.zeros(n, h, w, dtype=torch.uint8), "label": torch.zeros(n, h, w, dtype=torch.uint8),
+                 "row0": torch.tensor([0, 10])}
+    out = get_task(task_name).training_batch({k: v.to("meta") for k, v in batch.items()})
+    assert all(t.device.type == "meta" for t in out if t is not None)
+
+
 @pytest.mark.parametrize("field, file_key, image", [
     ("mask_image", "mask", np.full((256, 256), 7, np.uint8)),
     ("tissue_image", "tissue", np.full((256, 256), 50, np.uint8)),

@@ -6,7 +6,8 @@
 # resnet starts as the identity, so the grown network starts computing what the parity network did). Equal steps per
 # objective; the arm with the lower calibration MAE at step 1,000 is the one to release (then scored on the 530
 # validation slices, one harness run, against the release).
-#   ARMS (default "reg_same reg_deep"; "dif_same dif_deep" once stage d is done), THREADS (default 1) each,
+#   ARMS (default "reg_same reg_deep"; "dif_same dif_deep" once stage d is done), THREADS (default 1) each, EXTRA
+#   (more --set flags for every arm, e.g. EXTRA="--set train.compile=true"),
 #   UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (runs/, or checkpoints/wip/<arm>_last.safetensors).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
@@ -25,7 +26,7 @@ arm() {  # arm NAME CONFIG INIT [--set ...]
   OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config "$config" --out "$out" --init "$init" \
       --data-root ../shared/data --set data.calib_patients=10 --set data.crop_size=256 --set train.batch_size=4 \
       --set train.lr=5e-5 --set train.warmup_steps=20 --set train.max_steps=1000 --set train.val_every=250 \
-      --set train.val_slices=40 "${maxmin[@]}" "${resume[@]}" "$@" >> "$out.log" 2>&1
+      --set train.val_slices=40 "${maxmin[@]}" "${resume[@]}" "$@" ${EXTRA:-} >> "$out.log" 2>&1
 }
 mkdir -p runs
 for a in ${ARMS:-reg_same reg_deep}; do

@@ -54,7 +54,7 @@ class TumorTask(Task):
         """(N, H, W) uint8 PET and (N,) first rows -> (N, 2, H, W)."""
         n, h, w = image.shape
         uptake = 1.0 - image.float() / 127.5
-        rows = row0.view(n, 1).float() + torch.arange(h, dtype=torch.float32).view(1, h)
+        rows = row0.view(n, 1).float() + torch.arange(h, dtype=torch.float32, device=row0.device).view(1, h)
         position = (rows / MAX_HEIGHT * 2 - 1).view(n, h, 1).expand(n, h, w)
         if not self.position_channel:
             position = torch.zeros_like(position)

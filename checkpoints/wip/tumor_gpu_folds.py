@@ -1,0 +1,215 @@
+"""Issue #27 on one lent GPU, inside a fixed time budget: the five fold segmenters and, warm-started from them, the
+five diffusion segmenters, all five folds side by side, with the GPU smoke check running beside the first minute.
+
+    python checkpoints/wip/tumor_gpu_folds.py --pack-data ../shared/data   # here: gpu_data/, 31 MB (ignored by git)
+    # then, through the device tool, with carry [".whl", "gpu_data"] (the wheels of diffusers, fastapi, uvicorn and
+    # their missing needs, as ../.library/device/README.md shows) and the other checkpoints moved out of the tree:
+    python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 435
+
+The data travels as lossless WebP (the tool carries at most 64 MiB; the PNGs are 65 MB, with three identical
+channels and an alpha), written under the original file names: the loader decodes by content, and reads exactly the
+arrays of `../shared/data` (checked when packing).
+
+The recipe is `configs/tumor_folds_cpu.yaml` (every lever of the CPU folds) with batch 32 and as many steps as the
+budget allows: a probe of all five folds side by side measures the steps per second, then each family gets its share
+of the budget as a whole cosine schedule (`train.max_steps` set from the probe, so the learning rate anneals to zero;
+`--max-minutes` only as a safety). The diffusion family is the recipe of `tumor_folds.sh` (bce_dice on the x0
+estimate, timesteps biased to high noise, DDIM-2, one member per fold). Nothing is chosen here: the slim weights come
+back (tarred, split below the tool's file size) and `eval.crossval` chooses threshold and component size out of fold
+on the CPU. A fold that fails stops the run early with its log, so the rest of the device time is not spent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+FOLDS = range(5)
+EXTRA: list[str] = []  # --extra: appended to every training command (a dry run on the CPU with a tiny model)
+RECIPE = ["--config", "configs/tumor_folds_cpu.yaml", "--set", "train.batch_size=32", "--set", "train.num_workers=3",
+          "--set", "train.log_every=10"]
+DIFFUSION = ["--set", "diffusion.objective=diffusion", "--set", "diffusion.timestep_power=0.3", "--set", "train.lr=2e-4",
+             "--set", "train.warmup_steps=50", "--set", "sample.sampler=ddim", "--set", "sample.steps=2",
+             "--set", "sample.ensemble=1", "--set", "sample.flip=false"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def launch(out: Path, fold: int, steps: int, data_root: str, extra: list[str], minutes: float | None = None):
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "train_diffusion.py", *RECIPE, "--out", str(out), "--data-root", data_root,
+           "--set", f"data.fold={fold}", "--set", f"train.max_steps={steps}", "--set", f"train.val_every={steps}",
+           "--set", f"train.checkpoint_every={steps}", *extra, *EXTRA]
+    if minutes is not None:
+        cmd += ["--max-minutes", f"{minutes:.2f}"]
+    return subprocess.Popen(cmd, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def last_step(run: Path) -> int | None:
+    try:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    except (OSError, ValueError):
+        return None
+    return lines[-1]["step"] if lines else None
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").replace("\r", "\n").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def failed(procs: dict, runs: dict) -> bool:
+    bad = [k for k, p in procs.items() if p.poll() not in (None, 0)]
+    for k in bad:
+        log(f"fold {k} exited with {procs[k].returncode}:\n{tail(Path(f'{runs[k]}.log'))}")
+    return bool(bad)
+
+
+def kill(procs: dict) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    for p in procs.values():
+        p.wait()
+
+
+def phase(name: str, base: Path, steps: int, data_root: str, extra, end: float) -> bool:
+    """Train the five folds side by side to `steps`; False when a fold failed."""
+    runs = {k: base / f"fold{k}" for k in FOLDS}
+    minutes = (end - time.time()) / 60 + 0.25
+    procs = {k: launch(runs[k], k, steps, data_root, extra(k), minutes) for k in FOLDS}
+    log(f"{name}: {steps} steps per fold, safety stop in {minutes:.1f} min")
+    while any(p.poll() is None for p in procs.values()):
+        time.sleep(5)
+        if failed(procs, runs):
+            kill(procs)
+            return False
+        log(f"{name}: steps {[last_step(r) for r in runs.values()]}")
+    return not failed(procs, runs)
+
+
+def pack(out: Path, work: Path) -> None:
+    for family in ("seg", "dif"):
+        files = [work / family / f"fold{k}" / "last.safetensors" for k in FOLDS]
+        if not all(f.is_file() for f in files):
+            continue
+        archive = work / f"{family}.tar"
+        with tarfile.open(archive, "w") as tar:
+            for k, f in zip(FOLDS, files):
+                tar.add(f, arcname=f"{family}_fold{k}.safetensors")
+        subprocess.run(["split", "-b", "15M", "-d", str(archive), str(out / f"{family}.tar.part")], check=True)
+    with tarfile.open(out / "logs.tgz", "w:gz") as tar:
+        for pattern in ("*/fold*/metrics.jsonl", "*/fold*/config.yaml", "*/fold*.log", "*.log", "smoke/smoke.json"):
+            for f in work.glob(pattern):
+                tar.add(f, arcname=str(f.relative_to(work)))
+
+
+def pack_data(src: Path, dst: Path = Path("gpu_data")) -> None:
+    """The tumor data as lossless single-channel WebP (labels as PNG) under the original names, checked equal."""
+    import cv2
+    import numpy as np
+
+    from diffusion.tasks.tumor.layout import load_tumor_cases
+
+    for f in sorted((src / "tumor-segmentation").glob("*/*/*.png")):
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        grey = image[..., 0] if image.ndim == 3 else image
+        label = f.parent.name == "labels"
+        _, data = cv2.imencode(".png" if label else ".webp", grey,
+                                [cv2.IMWRITE_PNG_COMPRESSION, 9] if label else [cv2.IMWRITE_WEBP_QUALITY, 101])
+        out.write_bytes(data.tobytes())
+    a, b = (load_tumor_cases(r / "tumor-segmentation", include_controls=True, need_truth=True) for r in (src, dst))
+    same = a.ids == b.ids and all(np.array_equal(x, y) for x, y in zip([*a.images, *a.labels], [*b.images, *b.labels]))
+    if not same:
+        raise SystemExit(f"{dst}: the packed data does not read back as {src}")
+    log(f"{dst}: {len(a.ids)} cases, read back identical")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pack-data", type=Path, metavar="SRC", help="only write gpu_data/ from the data folder SRC")
+    p.add_argument("--data-root")
+    p.add_argument("--out", help="what comes back (at most 8 files)")
+    p.add_argument("--work", default="/tmp/tumor_gpu")
+    p.add_argument("--budget", type=float, default=520, help="seconds for everything, packing included")
+    p.add_argument("--seg-share", type=float, default=0.6, help="the segmenters' share of the training time")
+    p.add_argument("--probe", type=float, default=20, help="seconds of measured steps in the probe")
+    p.add_argument("--no-smoke", action="store_true")
+    p.add_argument("--extra", default="", help="more train_diffusion.py arguments for every run (dry runs)")
+    args = p.parse_args()
+    EXTRA.extend(args.extra.split())
+    if args.pack_data:
+        pack_data(args.pack_data)
+        return 0
+    if not (args.data_root and args.out):
+        p.error("--data-root and --out are needed (or --pack-data)")
+    start = time.time()
+    end = start + args.budget - 25  # packing
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    smoke, ok = None, False
+    if not args.no_smoke:
+        smoke = subprocess.Popen([sys.executable, "-m", "eval.gpu_smoke", "--configs", "ct_gpu,tumor_gpu", "--steps",
+                                  "20", "--compile", "off", "--limit", "4", "--out", str(work / "smoke")],
+                                 stdout=open(work / "smoke.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        # the probe: all five folds side by side, steps per second once every fold is stepping
+        runs = {k: work / "probe" / f"fold{k}" for k in FOLDS}
+        procs = {k: launch(runs[k], k, 100000, args.data_root, []) for k in FOLDS}
+        first = None
+        while time.time() < start + 150:
+            time.sleep(2)
+            if failed(procs, runs):
+                kill(procs)
+                return 1
+            steps = [last_step(r) for r in runs.values()]
+            if first is None and all(s is not None for s in steps):
+                first = (time.time(), steps)
+            elif first and time.time() - first[0] >= args.probe:
+                break
+        kill(procs)
+        if not first:
+            log("probe: the folds never logged a step in 150 s")
+            return 1
+        rate = min((b - a) for a, b in zip(first[1], steps)) / (time.time() - first[0])
+        log(f"probe: {rate:.2f} steps/s per fold with five side by side (steps {steps})")
+        overhead = 30  # start (data, CUDA), the final validation and save
+        left = end - time.time()
+        seg_end = time.time() + args.seg_share * left
+        seg_steps = max(100, int(0.9 * rate * (seg_end - time.time() - overhead)) // 10 * 10)
+        if not phase("segmenter", work / "seg", seg_steps, args.data_root, lambda k: [], seg_end):
+            return 1
+        dif_steps = max(50, int(0.9 * rate * (end - time.time() - overhead)) // 10 * 10)
+        def init(k: int) -> list[str]:
+            return [*DIFFUSION, "--init", str(work / "seg" / f"fold{k}" / "last.safetensors")]
+
+        ok = phase("diffusion", work / "dif", dif_steps, args.data_root, init, end)
+        return 0 if ok else 1
+    finally:
+        if smoke is not None:  # after a failed fold, the smoke check gets two more minutes at most
+            wait = start + args.budget - 20 - time.time()
+            try:
+                smoke.wait(timeout=max(1.0, wait if ok else min(wait, 120)))
+            except subprocess.TimeoutExpired:
+                smoke.kill()
+            log(f"smoke check:\n{tail(work / 'smoke.log', 30)}")
+        pack(out, work)
+        log(f"done in {time.time() - start:.0f} s; back: {sorted(f.name for f in out.iterdir())}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
