@@ -32,8 +32,7 @@ from pathlib import Path
 
 FOLDS = range(5)
 EXTRA: list[str] = []  # --extra: appended to every training command (a dry run on the CPU with a tiny model)
-RECIPE = ["--config", "configs/tumor_folds_cpu.yaml", "--set", "train.batch_size=32", "--set", "train.num_workers=3",
-          "--set", "train.log_every=10"]
+RECIPE = ["--config", "configs/tumor_folds_cpu.yaml", "--set", "train.num_workers=3", "--set", "train.log_every=10"]
 DIFFUSION = ["--set", "diffusion.objective=diffusion", "--set", "diffusion.timestep_power=0.3", "--set", "train.lr=2e-4",
              "--set", "train.warmup_steps=50", "--set", "sample.sampler=ddim", "--set", "sample.steps=2",
              "--set", "sample.ensemble=1", "--set", "sample.flip=false"]
@@ -149,8 +148,10 @@ def main() -> int:
     p.add_argument("--probe", type=float, default=20, help="seconds of measured steps in the probe")
     p.add_argument("--no-smoke", action="store_true")
     p.add_argument("--extra", default="", help="more train_diffusion.py arguments for every run (dry runs)")
+    p.add_argument("--batch", type=int, default=32, help="batch per fold (32 in the run of 2026-12-04; the GPU was "
+                   "launch-bound there, so a larger batch costs little time per step)")
     args = p.parse_args()
-    EXTRA.extend(args.extra.split())
+    EXTRA.extend(["--set", f"train.batch_size={args.batch}", *args.extra.split()])
     if args.pack_data:
         pack_data(args.pack_data)
         return 0
