@@ -2,7 +2,7 @@
 
     python infer.py --task ct --data-root ../shared/data --limit 20 --out out/ct
     python infer.py --task ct --data-root ../shared/data --split val --sampler ddim --steps 4 --ensemble 4
-    python infer.py --task tumor --data-root ../shared/data --split val --ensemble 3
+    python infer.py --task tumor --data-root new_patients/ --ensemble 1     # the release without its flips
     dmiai-infer --task ct --split val            # the same, as the installed console command
 
 Writes one prediction PNG per input (competition format), overview.png and metrics.json; the scores are those of

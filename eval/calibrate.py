@@ -7,7 +7,7 @@ patients, and store them with the checkpoint. Never on the patients whose score 
     python -m eval.calibrate --checkpoint runs/tumor/best.safetensors runs/tumor/last.safetensors --split calib \
         --cross-fit 5 --out runs/tumor/calibrated.safetensors
         # several checkpoints of one run: the checkpoint is one more setting chosen on the calibration patients
-    python -m eval.calibrate --checkpoint checkpoints/tumor_seg.safetensors --split val --cross-fit 5 --out X
+    python -m eval.calibrate --checkpoint runs/tumor_segmenter/last.safetensors --split val --cross-fit 5 --out X
         # a model trained without calibration patients: an honest estimate by cross-fitting
 
 Samples every image of the split once per checkpoint (its sampler and ensemble, the same seeds), sweeps checkpoint x

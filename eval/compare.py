@@ -1,9 +1,9 @@
 """Side by side: several models and inference settings on the same cases with the same seeds, one table.
 
-    python -m eval.compare --task tumor --data-root ../shared/data --split val --out runs/compare_tumor \\
+    python -m eval.compare --task tumor --data-root new_patients/ --out runs/compare_tumor \\
         --variant "name=released" \\
-        --variant "name=segmenter,checkpoint=runs/tumor_segmenter/calibrated.safetensors" \\
-        --variant "name=segmenter no flip,checkpoint=runs/tumor_segmenter/calibrated.safetensors,flip=0"
+        --variant "name=released no flip,flip=0" \\
+        --variant "name=diffusion,checkpoint=checkpoints/tumor_seg_diffusion.safetensors"
 
 A variant is comma-separated KEY=VALUE pairs: `name`, `checkpoint` (default: the task's released one) and any of the
 checkpoint's `sample` settings to override: sampler=ddim:4 (NAME:STEPS, repaint:STEPSxJUMPS), ensemble=8, flip=0|1,

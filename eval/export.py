@@ -4,8 +4,9 @@
     python -m eval.export --checkpoint checkpoints/tumor_seg.safetensors --out exported/tumor_seg
 
 The folder holds model_index.json, unet/ (a diffusers `UNet2DModel`: config.json and half-precision safetensors;
-a fold ensemble's further networks as unet_member1/ ...), scheduler/ (the `DDPMScheduler` config of the noise schedule) and README.md: the checkpoint's model card
-(`<checkpoint stem>.md` beside it, or --card) under a YAML header (license, library, tags). Load it with
+a fold ensemble's further networks as unet_member1/ ...), scheduler/ (the `DDPMScheduler` config of the noise
+schedule) and README.md: the checkpoint's model card (`<checkpoint stem>.md` beside it, or --card) under a YAML
+header (license, library, tags). Load it with
 `CTInpaintPipeline.from_pretrained(DIR)` / `TumorSegmentationPipeline.from_pretrained(DIR)` from
 `diffusion.pipelines`, or the network alone with `UNet2DModel.from_pretrained(DIR, subfolder="unet")`.
 """

@@ -1,7 +1,7 @@
 """Score a folder of predictions in the competition's layout with this repository's metrics, whatever made them.
 
     python -m eval.score --task ct --pred out/ct --data-root ../shared/data --out runs/score_ct
-    python -m eval.score --task tumor --pred other_method/ --data-root ../shared/data --split val --out runs/score
+    python -m eval.score --task tumor --pred other_method/ --data-root new_patients/ --out runs/score
     dmiai-score --task ct --pred out/ct --out runs/score_ct          # the installed console command
 
 `--pred` holds the task's prediction files (CT: reconstructed/reconstructed_PPP_S.png; tumor:
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from diffusion.checkpoint import load_slim
+from diffusion.checkpoint import read_slim_config
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import add_split_argument, score_folder, select_cases
 from diffusion.inference import released_checkpoint
@@ -40,11 +40,12 @@ def main(argv=None) -> int:
     if not pred.is_dir():
         raise UserError(f"--pred {pred}: folder does not exist")
     root, _where = task.layout.resolve_root(args.data_root)
-    split_config = None
+    split_config, members = None, 1
     if args.split != "all":
-        split_config = load_slim(args.checkpoint or released_checkpoint(task), expected_task=task.name)[1]["data"]
+        config, meta = read_slim_config(args.checkpoint or released_checkpoint(task), expected_task=task.name)
+        split_config, members = config["data"], meta.get("members", 1)
     cases, selection = select_cases(task, root, split_config, args.split, args.limit, args.include_controls,
-                                    whose=str(args.checkpoint or "the released checkpoint"))
+                                    whose=str(args.checkpoint or "the released checkpoint"), members=members)
     print(selection, file=sys.stderr)
     if not task.layout.has_truth(root, cases):
         raise UserError(f"{root}: the data root has no ground truth to score against")
