@@ -74,8 +74,8 @@ def test_the_fold_ensemble_has_no_held_out_side_so_infer_refuses_split_val(folds
     """Every patient of the split was trained on by K-1 of the ensemble's members: a "validation" score would be an
     in-sample one. infer.py and eval.score (and eval.compare) say so instead; --split all (new patients) runs."""
     import infer
-
     from diffusion.errors import UserError
+    from eval import score
 
     base, _, _ = folds
     args = ["--task", "tumor", "--data-root", str(base / "data"), "--checkpoint", str(base / "ensemble.safetensors")]
@@ -83,8 +83,6 @@ def test_the_fold_ensemble_has_no_held_out_side_so_infer_refuses_split_val(folds
         with pytest.raises(UserError, match="fold ensemble of 2 networks"):
             infer.main([*args, "--split", split, "--out", str(tmp_path / split)])
     assert infer.main([*args, "--split", "all", "--limit", "1", "--out", str(tmp_path / "all")]) == 0
-    from eval import score
-
     with pytest.raises(UserError, match="fold ensemble"):  # eval.score reads the split from the checkpoint too
         score.main(["--task", "tumor", "--pred", str(tmp_path / "all"), "--data-root", str(base / "data"),
                     "--checkpoint", str(base / "ensemble.safetensors"), "--split", "val", "--out", str(tmp_path / "s")])
