@@ -143,8 +143,7 @@ class DMIAIPipeline(DiffusionPipeline):
                                   beta_schedule=d["beta_schedule"], loss=d["loss"], timestep_power=d["timestep_power"],
                                   null_class=task.null_class, class_dropout=d["class_dropout"],
                                   objective=d["objective"]) for net in self.networks]
-            self._predictor = Predictor(denoisers if len(denoisers) > 1 else denoisers[0],
-                                        {**config, "diffusion": d}, device=self.device, bf16=bf16)
+            self._predictor = Predictor(denoisers, {**config, "diffusion": d}, device=self.device, bf16=bf16)
         return self._predictor
 
     # --- sampling -------------------------------------------------------------------------------------------
