@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     print(metrics.pop("data"), file=sys.stderr)
     print(metrics["selection"], file=sys.stderr)
     metrics["peak_memory_mb"] = peak_memory_mb()
+    metrics["checkpoint"] = str(path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     summary = {k: v for k, v in metrics.items() if k != "cases"}
     print(json.dumps(summary, indent=1))

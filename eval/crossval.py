@@ -178,7 +178,9 @@ def main(argv=None) -> int:
         config = loaded[0][1]
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
         save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,
-                  {"members": len(loaded), "member_meta": [meta for _, _, meta in loaded],
+                  {"members": len(loaded), "member_meta": [{**meta, "fold": int(cfg["data"]["fold"]), "checkpoint":
+                                                            str(m.checkpoint)} for (_, cfg, meta), (_, m) in
+                                                           zip(loaded, candidates[pick])],
                    "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
                    "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release

@@ -7,7 +7,8 @@
 For each config (default `ct_gpu`, `tumor_gpu`) and each `torch.compile` setting it trains `--steps` optimiser steps
 with the config's precision (bf16) in a fresh process (`train_diffusion.py`, as `accelerate launch` would run it on
 one device) and reads the images per second from the run's metrics.jsonl; then `infer.py --device D` on `--limit` CT
-slices and tumor images with the released checkpoints, and `serve.py --device D` answering one real request per task.
+slices and tumor images with the released checkpoints (or `--checkpoint TASK=PATH`), and `serve.py --device D`
+answering one real request per task.
 Without `--data-root` (or `$DMIAI_DATA`) it writes generated data in the competition's layout under --out, so the
 check needs nothing but the repository. Writes `smoke.json` and prints one Markdown table.
 """
@@ -74,10 +75,14 @@ def train_row(config: str, compile_: bool, steps: int, data: Path, out: Path, ba
             "note": f"{steps} steps, validation and checkpoint at the end"}
 
 
-def infer_row(task: str, device: str, limit: int, data: Path, out: Path) -> dict:
+def checkpoint_args(checkpoint: str | None) -> list[str]:
+    return ["--checkpoint", checkpoint] if checkpoint else []
+
+
+def infer_row(task: str, device: str, limit: int, data: Path, out: Path, checkpoint: str | None = None) -> dict:
     target = out / f"infer_{task}"
     done, seconds = run([sys.executable, "infer.py", "--task", task, "--device", device, "--limit", str(limit),
-                         "--data-root", str(data), "--out", str(target)], timeout=600)
+                         "--data-root", str(data), "--out", str(target), *checkpoint_args(checkpoint)], timeout=600)
     row = {"what": f"infer.py --task {task} --device {device}", "ok": done.returncode == 0,
            "seconds": round(seconds, 1)}
     if done.returncode:
@@ -101,9 +106,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_row(task: str, device: str, data: Path, timeout: float = 300) -> dict:
+def serve_row(task: str, device: str, data: Path, timeout: float = 300, checkpoint: str | None = None) -> dict:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "serve.py", "--task", task, "--device", device, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "serve.py", "--task", task, "--device", device, "--port", str(port),
+                               *checkpoint_args(checkpoint)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     row = {"what": f"serve.py --task {task} --device {device}", "ok": False}
     start = time.perf_counter()
@@ -137,6 +143,18 @@ def serve_row(task: str, device: str, data: Path, timeout: float = 300) -> dict:
             server.kill()
 
 
+def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
+    """`TASK=PATH` pairs as {task: path}; one clear line for a malformed pair or an unknown task."""
+    known = ("ct", "tumor")
+    out = {}
+    for pair in pairs:
+        task, sep, path = pair.partition("=")
+        if not sep or task not in known or not path:
+            raise UserError(f"--checkpoint {pair!r}: expected TASK=PATH with TASK one of {', '.join(known)}")
+        out[task] = path
+    return out
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| check | ok | seconds | images / s | p95 s / image | note |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -154,7 +172,12 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=20, help="inputs per infer.py row")
     p.add_argument("--data-root", default=None, help="data folder (default $DMIAI_DATA, else generated data)")
     p.add_argument("--out", default="runs/gpu_smoke")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="TASK=PATH",
+                   help="the checkpoint of a task's infer and serve rows instead of its release (repeatable), e.g. "
+                        "ct=runs/gpu_smoke/train_ct_gpu_eager/last.safetensors: a path under --out that a training "
+                        "row of this check writes is read once that row is done")
     args = p.parse_args(argv)
+    checkpoints = parse_checkpoints(args.checkpoint)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -171,10 +194,10 @@ def main(argv=None) -> int:
             rows.append(train_row(config, compile_, args.steps, data, out, batch=None if real else 4))
             print(rows[-1], flush=True)
     for task in ("ct", "tumor"):
-        rows.append(infer_row(task, args.device, args.limit, data, out))
+        rows.append(infer_row(task, args.device, args.limit, data, out, checkpoints.get(task)))
         print(rows[-1], flush=True)
     for task in ("ct", "tumor"):
-        rows.append(serve_row(task, args.device, data))
+        rows.append(serve_row(task, args.device, data, checkpoint=checkpoints.get(task)))
         print(rows[-1], flush=True)
     report = {"device": device_name, "torch": torch.__version__, "data": str(data), "rows": rows}
     (out / "smoke.json").write_text(json.dumps(report, indent=1))

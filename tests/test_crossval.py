@@ -58,6 +58,7 @@ def test_the_release_is_the_ensemble_of_the_fold_models(folds, tumor_root):
     state, config, meta = load_slim(base / "ensemble.safetensors")
     members = member_states(state)
     assert len(members) == 2 and meta["members"] == 2
+    assert [m["fold"] for m in meta["member_meta"]] == [0, 1]  # member k is fold k (a warm start per fold reads it)
     for member, run in zip(members, runs):
         own = load_slim(run)[0]
         assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)

@@ -5,6 +5,11 @@ five diffusion segmenters, all five folds side by side, with the GPU smoke check
     # then, through the device tool, with carry [".whl", "gpu_data"] (the wheels of diffusers, fastapi, uvicorn and
     # their missing needs, as ../.library/device/README.md shows) and the other checkpoints moved out of the tree:
     python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 435
+    # the second run (2026-12-04, evening): every fold goes on from its member of the release, batch 64; the CT
+    # release stays behind (the tree's 64 MiB), so the smoke check's CT rows read the model its CT row trains
+    python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 560 --batch 64 \
+        --seg-share 0.55 --init-seg checkpoints/tumor_seg.safetensors \
+        --smoke-args "--checkpoint ct=/tmp/tumor_gpu/smoke/train_ct_gpu_eager/last.safetensors"
 
 The data travels as lossless WebP (the tool carries at most 64 MiB; the PNGs are 65 MB, with three identical
 channels and an alpha), written under the original file names: the loader decodes by content, and reads exactly the
@@ -98,6 +103,25 @@ def phase(name: str, base: Path, steps: int, data_root: str, extra, end: float) 
     return not failed(procs, runs)
 
 
+def fold_inits(checkpoint: Path, work: Path) -> list[Path]:
+    """Member k of a fold ensemble (eval.crossval --release writes the members in fold order, each trained on the
+    training patients of its fold only) as fold k's own slim checkpoint: the warm start of fold k, which never saw
+    fold k's held-out patients."""
+    from diffusion.checkpoint import load_slim, member_states, save_slim
+
+    state, config, meta = load_slim(checkpoint, expected_task="tumor")
+    members = member_states(state)
+    folds = [m.get("fold", k) for k, m in enumerate(meta.get("member_meta", [{}] * len(members)))]
+    if len(members) != len(FOLDS) or folds != list(FOLDS) or config["data"]["folds"] != len(FOLDS):
+        raise SystemExit(f"{checkpoint}: not a fold ensemble of {len(FOLDS)} folds in fold order (folds {folds})")
+    paths = []
+    for k, member in zip(FOLDS, members):
+        paths.append(work / "init" / f"fold{k}.safetensors")
+        save_slim(paths[-1], member, {**config, "data": {**config["data"], "fold": k}},
+                  {"init_from": f"{checkpoint} member {k}", **meta.get("member_meta", [{}])[k]})
+    return paths
+
+
 def pack(out: Path, work: Path) -> None:
     for family in ("seg", "dif"):
         files = [work / family / f"fold{k}" / "last.safetensors" for k in FOLDS]
@@ -118,6 +142,7 @@ def pack_data(src: Path, dst: Path = Path("gpu_data")) -> None:
     """The tumor data as lossless single-channel WebP (labels as PNG) under the original names, checked equal."""
     import cv2
     import numpy as np
+    from PIL import Image
 
     from diffusion.tasks.tumor.layout import load_tumor_cases
 
@@ -126,10 +151,10 @@ def pack_data(src: Path, dst: Path = Path("gpu_data")) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         grey = image[..., 0] if image.ndim == 3 else image
-        label = f.parent.name == "labels"
-        _, data = cv2.imencode(".png" if label else ".webp", grey,
-                                [cv2.IMWRITE_PNG_COMPRESSION, 9] if label else [cv2.IMWRITE_WEBP_QUALITY, 101])
-        out.write_bytes(data.tobytes())
+        if f.parent.name == "labels":
+            out.write_bytes(cv2.imencode(".png", grey, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes())
+        else:  # lossless WebP at the slowest, smallest setting (3 % below OpenCV's)
+            Image.fromarray(grey).save(out, "WEBP", lossless=True, method=6, quality=100)
     a, b = (load_tumor_cases(r / "tumor-segmentation", include_controls=True, need_truth=True) for r in (src, dst))
     same = a.ids == b.ids and all(np.array_equal(x, y) for x, y in zip([*a.images, *a.labels], [*b.images, *b.labels]))
     if not same:
@@ -147,6 +172,10 @@ def main() -> int:
     p.add_argument("--seg-share", type=float, default=0.6, help="the segmenters' share of the training time")
     p.add_argument("--probe", type=float, default=20, help="seconds of measured steps in the probe")
     p.add_argument("--no-smoke", action="store_true")
+    p.add_argument("--smoke-args", default="", help="more eval.gpu_smoke arguments, e.g. --checkpoint ct=PATH when the "
+                   "CT release stays behind to keep the tree under the tool's 64 MiB")
+    p.add_argument("--init-seg", type=Path, default=None, help="a fold ensemble (eval.crossval --release): fold k's "
+                   "segmenter starts from its member k, a fresh schedule on top (the chain is in each run's log)")
     p.add_argument("--extra", default="", help="more train_diffusion.py arguments for every run (dry runs)")
     p.add_argument("--batch", type=int, default=32, help="batch per fold (32 in the run of 2026-12-04; the GPU was "
                    "launch-bound there, so a larger batch costs little time per step)")
@@ -165,12 +194,15 @@ def main() -> int:
     smoke, ok = None, False
     if not args.no_smoke:
         smoke = subprocess.Popen([sys.executable, "-m", "eval.gpu_smoke", "--configs", "ct_gpu,tumor_gpu", "--steps",
-                                  "20", "--compile", "off", "--limit", "4", "--out", str(work / "smoke")],
+                                  "20", "--compile", "off", "--limit", "4", "--out", str(work / "smoke"),
+                                  *args.smoke_args.split()],
                                  stdout=open(work / "smoke.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
+        inits = fold_inits(args.init_seg, work) if args.init_seg else None
+        seg_init = (lambda k: ["--init", str(inits[k])]) if inits else (lambda k: [])
         # the probe: all five folds side by side, steps per second once every fold is stepping
         runs = {k: work / "probe" / f"fold{k}" for k in FOLDS}
-        procs = {k: launch(runs[k], k, 100000, args.data_root, []) for k in FOLDS}
+        procs = {k: launch(runs[k], k, 100000, args.data_root, seg_init(k)) for k in FOLDS}
         first = None
         while time.time() < start + 150:
             time.sleep(2)
@@ -192,7 +224,7 @@ def main() -> int:
         left = end - time.time()
         seg_end = time.time() + args.seg_share * left
         seg_steps = max(100, int(0.9 * rate * (seg_end - time.time() - overhead)) // 10 * 10)
-        if not phase("segmenter", work / "seg", seg_steps, args.data_root, lambda k: [], seg_end):
+        if not phase("segmenter", work / "seg", seg_steps, args.data_root, seg_init, seg_end):
             return 1
         dif_steps = max(50, int(0.9 * rate * (end - time.time() - overhead)) // 10 * 10)
         def init(k: int) -> list[str]:
