@@ -74,6 +74,12 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, object]]]:
     return [[by_fold[k][c] for k in got] for c in range(counts.pop())]
 
 
+def candidate_name(folds: list[tuple[str, object]]) -> str:
+    """A short name for one candidate's fold checkpoints in the figure: fold 0's folder (runs/tumor_gpu_soup/
+    seg_fold0.safetensors -> tumor_gpu_soup; runs/tumor_fold0/last.safetensors -> tumor_fold0)."""
+    return Path(folds[0][0]).resolve().parent.name
+
+
 def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
     """A model of another split (trained without these folds, e.g. the release) scored on its own validation
     patients, against the out-of-fold (cross-fitted) Dice of the same patients: neither saw them in training and
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(report, indent=1))
-    by_fold = {f"candidate {c}" if len(candidates) > 1 else "out of fold":
+    by_fold = {f"candidate {c}: {candidate_name(candidates[c])}" if len(candidates) > 1 else "out of fold":
                [list(fitted_scores[fold == k]) for k in range(len(candidates[0]))]
                for c, fitted_scores in enumerate(per_candidate)}
     plot_folds(by_fold, out / "crossval.png", pairs)
