@@ -35,7 +35,7 @@ stage runs/ct_regress_eq_b runs/ct_regress_eq_a/last.safetensors 3200 400 2989
 for LIMIT in 0 106; do
   python -m eval.compare --task ct --split val --data-root ../shared/data $([ $LIMIT = 0 ] || echo --limit $LIMIT) \
       --out runs/compare_ct_equal_$LIMIT \
-      --variant "name=diffusion warm-started (the release until 2026-12-01; 2900+3629 steps; DDIM-1 x 8 with flips),checkpoint=checkpoints/ct_inpaint_diffusion.safetensors" \
+      --variant "name=diffusion warm-started (the release until 2026-12-01; 2900+3629 steps; DDIM-1 x 8 with flips),checkpoint=$(. checkpoints/wip/lib.sh && diffusion_20261201)" \
       --variant "name=regressor (2900 steps; flip pair),checkpoint=checkpoints/ct_inpaint_regressor.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
       --variant "name=regressor at equal compute (2900+3629 steps; flip pair),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=2,flip=1" \
       --variant "name=regressor at equal compute (one pass),checkpoint=runs/ct_regress_eq_b/last.safetensors,sampler=regressor:1,ensemble=1,flip=0" \

@@ -7,7 +7,7 @@ set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 CODE=$(code_snapshot ct_intervals_code)
-REPO=$PWD DATA=$(cd ../shared/data && pwd)
+REPO=$PWD DATA=$(cd ../shared/data && pwd) OLD=$(diffusion_20261201)  # the model this study measured (2026-12-03)
 cd "$CODE" && OMP_NUM_THREADS=${THREADS:-1} python -m eval.ablate --task ct --data-root "$DATA" --split val \
-    --limit 20 --checkpoint checkpoints/ct_inpaint_diffusion.safetensors --samplers ${SAMPLERS:-ddim:1,ddpm:10} --ensemble ${ENSEMBLE:-4,16} \
+    --limit 20 --checkpoint "$OLD" --samplers ${SAMPLERS:-ddim:1,ddpm:10} --ensemble ${ENSEMBLE:-4,16} \
     --interval 0.8 --out "$REPO"/runs/${OUT:-intervals} > "$REPO"/runs/${OUT:-intervals}.log 2>&1

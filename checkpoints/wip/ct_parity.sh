@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 28.1, parity: the diffusion model (checkpoints/ct_inpaint_diffusion.safetensors, 6,529 steps on crops) gets
+# Issue 28.1, parity: the diffusion model of 2026-12-01 (6,529 steps on crops; ct_inpaint_diffusion.safetensors until
+# 2026-12-04, when this script's result replaced it: lib.sh's diffusion_20261201 takes it from git history) gets
 # the release's stages c and d with the diffusion objective (configs/ct_cpu.yaml, x0-prediction, L1, t = T u^0.15):
 #   stage c (runs/ct_dif_whole): 1,000 steps on whole 256x256 slices, batch 4, cosine from lr 1e-4;
 #   stage d (runs/ct_dif_more):  3,000 steps on whole slices from stage c's last weights, cosine from lr 5e-5;
@@ -37,5 +38,5 @@ stage() {  # stage OUT INIT STEPS LR
   [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] || { echo "$out stopped before step $steps: rerun"; exit 0; }
 }
 mkdir -p runs
-case " ${STAGES:-c d} " in *" c "*) stage runs/ct_dif_whole checkpoints/ct_inpaint_diffusion.safetensors 1000 1e-4 ;; esac
+case " ${STAGES:-c d} " in *" c "*) stage runs/ct_dif_whole "$(diffusion_20261201)" 1000 1e-4 ;; esac
 case " ${STAGES:-c d} " in *" d "*) stage runs/ct_dif_more "$(last_of runs/ct_dif_whole)" 3000 5e-5 ;; esac

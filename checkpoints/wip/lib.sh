@@ -28,3 +28,8 @@ in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every k in $FOLDS, PARAL
   done
   wait
 }
+diffusion_20261201() {  # the CT diffusion model of 2026-12-01 (ct_inpaint_diffusion.safetensors until 2026-12-04) as a file
+  local f=$PWD/runs/ct_inpaint_diffusion_20261201.safetensors
+  [ -f "$f" ] || { mkdir -p runs && git show b25b63c:checkpoints/ct_inpaint_diffusion.safetensors > "$f"; }
+  echo "$f"
+}
