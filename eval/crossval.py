@@ -183,10 +183,10 @@ def main(argv=None) -> int:
         loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in candidates[pick]]  # in fold order
         config = loaded[0][1]
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
+        members = [{**meta, "fold": int(cfg["data"]["fold"]), "checkpoint": str(path)}  # member k is fold k
+                   for (_, cfg, meta), (path, _) in zip(loaded, candidates[pick])]
         save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,
-                  {"members": len(loaded), "member_meta": [{**meta, "fold": int(cfg["data"]["fold"]), "checkpoint":
-                                                            str(m.checkpoint)} for (_, cfg, meta), (_, m) in
-                                                           zip(loaded, candidates[pick])],
+                  {"members": len(loaded), "member_meta": members,
                    "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
                    "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from diffusion.data.synthetic import write_ct_layout, write_tumor_layout
 from diffusion.errors import UserError, run_cli
-from diffusion.tasks import get_task
+from diffusion.tasks import get_task, task_names
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,7 @@ def serve_row(task: str, device: str, data: Path, timeout: float = 300, checkpoi
 
 def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
     """`TASK=PATH` pairs as {task: path}; one clear line for a malformed pair or an unknown task."""
-    known = ("ct", "tumor")
+    known = task_names()
     out = {}
     for pair in pairs:
         task, sep, path = pair.partition("=")
