@@ -26,14 +26,12 @@ on the CPU. A fold that fails stops the run early with its log, so the rest of t
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
+
+import gpu_runner as gr
+from gpu_runner import log
 
 FOLDS = range(5)
 EXTRA: list[str] = []  # --extra: appended to every training command (a dry run on the CPU with a tiny model)
@@ -43,64 +41,9 @@ DIFFUSION = ["--set", "diffusion.objective=diffusion", "--set", "diffusion.times
              "--set", "sample.ensemble=1", "--set", "sample.flip=false"]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def launch(out: Path, fold: int, steps: int, data_root: str, extra: list[str], minutes: float | None = None):
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "train_diffusion.py", *RECIPE, "--out", str(out), "--data-root", data_root,
-           "--set", f"data.fold={fold}", "--set", f"train.max_steps={steps}", "--set", f"train.val_every={steps}",
-           "--set", f"train.checkpoint_every={steps}", *extra, *EXTRA]
-    if minutes is not None:
-        cmd += ["--max-minutes", f"{minutes:.2f}"]
-    return subprocess.Popen(cmd, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def last_step(run: Path) -> int | None:
-    try:
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    except (OSError, ValueError):
-        return None
-    return lines[-1]["step"] if lines else None
-
-
-def tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").replace("\r", "\n").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def failed(procs: dict, runs: dict) -> bool:
-    bad = [k for k, p in procs.items() if p.poll() not in (None, 0)]
-    for k in bad:
-        log(f"fold {k} exited with {procs[k].returncode}:\n{tail(Path(f'{runs[k]}.log'))}")
-    return bool(bad)
-
-
-def kill(procs: dict) -> None:
-    for p in procs.values():
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    for p in procs.values():
-        p.wait()
-
-
-def phase(name: str, base: Path, steps: int, data_root: str, extra, end: float) -> bool:
-    """Train the five folds side by side to `steps`; False when a fold failed."""
-    runs = {k: base / f"fold{k}" for k in FOLDS}
-    minutes = (end - time.time()) / 60 + 0.25
-    procs = {k: launch(runs[k], k, steps, data_root, extra(k), minutes) for k in FOLDS}
-    log(f"{name}: {steps} steps per fold, safety stop in {minutes:.1f} min")
-    while any(p.poll() is None for p in procs.values()):
-        time.sleep(5)
-        if failed(procs, runs):
-            kill(procs)
-            return False
-        log(f"{name}: steps {[last_step(r) for r in runs.values()]}")
-    return not failed(procs, runs)
+def fold_args(data_root: str, extra) -> gr.ArgsOf:
+    """Fold k's training arguments: the recipe, fold k of the split, `extra(k)` (its warm start, its family)."""
+    return lambda k: [*RECIPE, "--data-root", data_root, "--set", f"data.fold={k}", *extra(k), *EXTRA]
 
 
 def fold_inits(checkpoint: Path, work: Path) -> list[Path]:
@@ -124,18 +67,9 @@ def fold_inits(checkpoint: Path, work: Path) -> list[Path]:
 
 def pack(out: Path, work: Path) -> None:
     for family in ("seg", "dif"):
-        files = [work / family / f"fold{k}" / "last.safetensors" for k in FOLDS]
-        if not all(f.is_file() for f in files):
-            continue
-        archive = work / f"{family}.tar"
-        with tarfile.open(archive, "w") as tar:
-            for k, f in zip(FOLDS, files):
-                tar.add(f, arcname=f"{family}_fold{k}.safetensors")
-        subprocess.run(["split", "-b", "15M", "-d", str(archive), str(out / f"{family}.tar.part")], check=True)
-    with tarfile.open(out / "logs.tgz", "w:gz") as tar:
-        for pattern in ("*/fold*/metrics.jsonl", "*/fold*/config.yaml", "*/fold*.log", "*.log", "smoke/smoke.json"):
-            for f in work.glob(pattern):
-                tar.add(f, arcname=str(f.relative_to(work)))
+        gr.pack_weights(out, work, family, {f"{family}_fold{k}.safetensors": work / family / f"fold{k}" / "last.safetensors"
+                                           for k in FOLDS})
+    gr.pack_logs(out, work, ("*/fold*/metrics.jsonl", "*/fold*/config.yaml", "*/fold*.log", "*.log", "smoke/smoke.json"))
 
 
 def pack_data(src: Path, dst: Path = Path("gpu_data")) -> None:
@@ -193,56 +127,30 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     smoke, ok = None, False
     if not args.no_smoke:
-        smoke = subprocess.Popen([sys.executable, "-m", "eval.gpu_smoke", "--configs", "ct_gpu,tumor_gpu", "--steps",
-                                  "20", "--compile", "off", "--limit", "4", "--out", str(work / "smoke"),
-                                  *args.smoke_args.split()],
-                                 stdout=open(work / "smoke.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        smoke = gr.start_smoke(work, "ct_gpu,tumor_gpu", args.smoke_args)
     try:
         inits = fold_inits(args.init_seg, work) if args.init_seg else None
         seg_init = (lambda k: ["--init", str(inits[k])]) if inits else (lambda k: [])
-        # the probe: all five folds side by side, steps per second once every fold is stepping
         runs = {k: work / "probe" / f"fold{k}" for k in FOLDS}
-        procs = {k: launch(runs[k], k, 100000, args.data_root, seg_init(k)) for k in FOLDS}
-        first = None
-        while time.time() < start + 150:
-            time.sleep(2)
-            if failed(procs, runs):
-                kill(procs)
-                return 1
-            steps = [last_step(r) for r in runs.values()]
-            if first is None and all(s is not None for s in steps):
-                first = (time.time(), steps)
-            elif first and time.time() - first[0] >= args.probe:
-                break
-        kill(procs)
-        if not first:
-            log("probe: the folds never logged a step in 150 s")
+        rate = gr.probe(runs, fold_args(args.data_root, seg_init), args.probe)
+        if rate is None:
             return 1
-        rate = min((b - a) for a, b in zip(first[1], steps)) / (time.time() - first[0])
-        log(f"probe: {rate:.2f} steps/s per fold with five side by side (steps {steps})")
-        overhead = 30  # start (data, CUDA), the final validation and save
-        left = end - time.time()
-        seg_end = time.time() + args.seg_share * left
-        seg_steps = max(100, int(0.9 * rate * (seg_end - time.time() - overhead)) // 10 * 10)
-        if not phase("segmenter", work / "seg", seg_steps, args.data_root, seg_init, seg_end):
+        seg_end = time.time() + args.seg_share * (end - time.time())
+        seg_runs = {k: work / "seg" / f"fold{k}" for k in FOLDS}
+        if not gr.phase("segmenter", seg_runs, gr.steps_until(rate, seg_end, 100), fold_args(args.data_root, seg_init),
+                        seg_end):
             return 1
-        dif_steps = max(50, int(0.9 * rate * (end - time.time() - overhead)) // 10 * 10)
+
         def init(k: int) -> list[str]:
             return [*DIFFUSION, "--init", str(work / "seg" / f"fold{k}" / "last.safetensors")]
 
-        ok = phase("diffusion", work / "dif", dif_steps, args.data_root, init, end)
+        dif_runs = {k: work / "dif" / f"fold{k}" for k in FOLDS}
+        ok = gr.phase("diffusion", dif_runs, gr.steps_until(rate, end, 50), fold_args(args.data_root, init), end)
         return 0 if ok else 1
     finally:
-        if smoke is not None:  # after a failed fold, the smoke check gets two more minutes at most
-            wait = start + args.budget - 20 - time.time()
-            try:
-                smoke.wait(timeout=max(1.0, wait if ok else min(wait, 120)))
-            except subprocess.TimeoutExpired:
-                smoke.kill()
-            log(f"smoke check:\n{tail(work / 'smoke.log', 30)}")
+        gr.finish_smoke(smoke, work, start + args.budget - 20, ok)
         pack(out, work)
         log(f"done in {time.time() - start:.0f} s; back: {sorted(f.name for f in out.iterdir())}")
-
 
 if __name__ == "__main__":
     sys.exit(main())
