@@ -21,6 +21,13 @@ each fold's checkpoints in the order given; every candidate predicts its fold's 
 chosen out of fold with the threshold and size (inside the cross-fitting too), and `candidates` in the report has
 each one's own cross-validated Dice and its paired difference from the first, with standard errors over patients.
 
+A fold ensemble (a `--release` file) stands for its K fold models (member k was fold k), and `PATH@KEY=VALUE,...`
+scores a candidate with other sample settings than its own, e.g. a released diffusion segmenter at one DDIM step
+and four members per network against its default, out of fold, without writing a file:
+
+    python -m eval.crossval --checkpoint checkpoints/tumor_seg_diffusion.safetensors \
+        checkpoints/tumor_seg_diffusion.safetensors@steps=1,ensemble=4 --out runs/tumor_dcv_sampler
+
 `--release` writes the fold ensemble: one slim checkpoint holding the K networks (`member<k>.` keys), sampled with
 each model's default ensemble (members = folds x that ensemble), the chosen threshold and component size. It has
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
@@ -33,18 +40,20 @@ where the members disagree against the rest).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import ensemble_state, load_slim, save_slim
+from diffusion.checkpoint import ensemble_state, load_slim, member_states, save_slim
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import select_cases
 from diffusion.figures import plot_folds
-from diffusion.inference import case_seed, load_predictor
+from diffusion.inference import Predictor, build_denoiser, case_seed, load_predictor
 from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task
 from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, compare_candidates, cross_fit, describe, dice_table
@@ -52,20 +61,58 @@ from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, compare_candidates,
 SPREAD_HIGH = 0.1  # a pixel whose members' probabilities spread more than this is "uncertain"
 
 
-def fold_models(paths: list[str]) -> list[list[tuple[str, object]]]:
-    """The checkpoints as candidates x folds: [[(path, predictor) of fold 0..K-1] per candidate]. They must be the
-    K folds of one split, each fold given the same number of times; a fold's checkpoints are its candidates in the
-    order given (e.g. all folds after one cycle, then all folds after two)."""
+def parse_entry(text: str) -> tuple[str, dict]:
+    """A `--checkpoint` entry: `PATH`, or `PATH@KEY=VALUE[,KEY=VALUE...]` with sample settings (values read as YAML)
+    that the candidate uses instead of the checkpoint's own, e.g. `...@steps=1,ensemble=4`."""
+    path, at, settings = text.partition("@")
+    pairs = {}
+    for item in settings.split(",") if at else []:
+        key, eq, value = item.partition("=")
+        if not (eq and key.strip() and value.strip()):
+            raise UserError(f"--checkpoint {text!r}: expected PATH or PATH@KEY=VALUE[,KEY=VALUE...] with sample "
+                            f"settings, e.g. {path}@steps=1,ensemble=4")
+        pairs[key.strip()] = yaml.safe_load(value)
+    return path, pairs
+
+
+def fold_entries(text: str) -> list[tuple[str, Predictor, dict]]:
+    """One `--checkpoint` entry as (name, predictor, meta) per fold model in it: a fold model's slim checkpoint, or
+    each member of a fold ensemble (`--release` writes member k as fold k and records it), with the entry's sample
+    settings applied."""
+    path, settings = parse_entry(text)
+    state, config, meta = load_slim(path, expected_task="tumor")
+    members = member_states(state)
+    metas = [meta] if len(members) == 1 else meta.get("member_meta") or [{} for _ in members]
+    entries = []
+    for k, (member, member_meta) in enumerate(zip(members, metas)):
+        member_config = config if len(members) == 1 else \
+            {**config, "data": {**config["data"], "fold": int(member_meta.get("fold", k))}}
+        denoiser = build_denoiser(member_config)
+        denoiser.net.load_state_dict(member)
+        predictor = Predictor(denoiser, member_config, checkpoint=path)
+        try:
+            predictor = predictor.with_sample(**settings) if settings else predictor
+        except UserError as exc:
+            raise UserError(f"--checkpoint {text!r}: {exc}") from None
+        entries.append((text if len(members) == 1 else f"{text} member {k}", predictor, member_meta))
+    return entries
+
+
+def fold_models(paths: list[str]) -> list[list[tuple[str, Predictor, dict]]]:
+    """The checkpoints as candidates x folds: [[(name, predictor, meta) of fold 0..K-1] per candidate]. They must be
+    the K folds of one split, each fold given the same number of times; a fold's checkpoints are its candidates in
+    the order given (e.g. all folds after one cycle, then all folds after two). A fold ensemble stands for its K
+    fold models."""
     by_fold: dict[int, list] = {}
     splits = set()
-    for path in paths:
-        predictor = load_predictor("tumor", path)
-        data = predictor.config["data"]
-        if not data["folds"]:
-            raise UserError(f"{path}: not a fold model (trained with data.folds 0); train with --set data.folds=K "
-                            f"--set data.fold=k")
-        by_fold.setdefault(int(data["fold"]), []).append((path, predictor))
-        splits.add((int(data["folds"]), int(data["split_seed"])))
+    for text in paths:
+        for name, predictor, meta in fold_entries(text):
+            data = predictor.config["data"]
+            if not data["folds"]:
+                raise UserError(f"{name}: not a fold model (trained with data.folds 0); train with --set "
+                                f"data.folds=K --set data.fold=k")
+            by_fold.setdefault(int(data["fold"]), []).append((name, predictor, meta))
+            splits.add((int(data["folds"]), int(data["split_seed"])))
     got = sorted(by_fold)
     counts = {len(v) for v in by_fold.values()}
     if len(splits) != 1 or got != list(range(next(iter(splits))[0])) or len(counts) != 1:
@@ -74,10 +121,15 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, object]]]:
     return [[by_fold[k][c] for k in got] for c in range(counts.pop())]
 
 
-def candidate_name(folds: list[tuple[str, object]]) -> str:
+def candidate_name(folds: list[tuple]) -> str:
     """A short name for one candidate's fold checkpoints in the figure: fold 0's folder (runs/tumor_gpu_soup/
-    seg_fold0.safetensors -> tumor_gpu_soup; runs/tumor_fold0/last.safetensors -> tumor_fold0)."""
-    return Path(folds[0][0]).resolve().parent.name
+    seg_fold0.safetensors -> tumor_gpu_soup; runs/tumor_fold0/last.safetensors -> tumor_fold0), or a fold
+    ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4)."""
+    name = folds[0][0]
+    if " member " in name:
+        path, at, settings = name.split(" member ")[0].partition("@")
+        return Path(path).stem + at + settings
+    return Path(name.partition("@")[0]).resolve().parent.name + ("@" + name.partition("@")[2] if "@" in name else "")
 
 
 def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
@@ -106,7 +158,9 @@ def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, nargs="+",
-                   help="the K fold models' slim checkpoints; several per fold are candidates chosen out of fold")
+                   help="the K fold models' slim checkpoints, or a fold ensemble (its members); several per fold are "
+                        "candidates chosen out of fold. PATH@KEY=VALUE,... : with other sample settings (e.g. "
+                        "@steps=1,ensemble=4)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
     p.add_argument("--out", required=True, help="folder for crossval.json")
@@ -122,7 +176,7 @@ def main(argv=None) -> int:
     truths, ids, fold_of = [], [], []
     probabilities = [[] for _ in candidates]              # [candidate][patient]
     errors = [{"high": [0, 0], "low": [0, 0]} for _ in candidates]  # [wrong, pixels] where members disagree / agree
-    for k, (_, first) in enumerate(candidates[0]):
+    for k, (_, first, _) in enumerate(candidates[0]):
         cases, line = select_cases(task, root, first.config["data"], "val", args.limit, whose=str(first.checkpoint))
         print(f"fold {k}: {line}", file=sys.stderr)
         for case in tqdm(cases, desc=f"fold {k} out-of-fold"):
@@ -147,10 +201,10 @@ def main(argv=None) -> int:
     fold = np.array(fold_of)
     fitted = cross_fit(table, len(candidates[0]), fold=fold)
     untuned = table[:, pick, list(THRESHOLDS).index(0.5), 0]
-    default = [float(m.config["sample"]["threshold"]) for _, m in candidates[pick]]
+    default = [float(m.config["sample"]["threshold"]) for _, m, _ in candidates[pick]]
     high, low = errors[pick]["high"], errors[pick]["low"]
     report = {
-        "folds": len(candidates[0]), "patients": len(ids), "checkpoints": [path for path, _ in candidates[pick]],
+        "folds": len(candidates[0]), "patients": len(ids), "checkpoints": [name for name, _, _ in candidates[pick]],
         "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
         "settings_per_fold": fitted["settings"], "chosen": {**chosen, "candidate": pick, "dice_in_sample": pooled},
         "untuned_dice": float(untuned.mean()), "untuned_se": patient_mean_se(list(untuned), ids)[1],
@@ -164,7 +218,7 @@ def main(argv=None) -> int:
     }
     per_candidate = [fitted["scores"]]
     if len(candidates) > 1:
-        names = [" ".join(path for path, _ in models) for models in candidates]
+        names = [" ".join(dict.fromkeys(n.split(" member ")[0] for n, _, _ in models)) for models in candidates]
         report["candidates"] = compare_candidates(table, len(candidates[0]), names, fold=fold)
         per_candidate = [np.array(row["scores"]) for row in report["candidates"].values()]
     pairs = None
@@ -180,15 +234,16 @@ def main(argv=None) -> int:
                for c, fitted_scores in enumerate(per_candidate)}
     plot_folds(by_fold, out / "crossval.png", pairs)
     if args.release:
-        loaded = [load_slim(m.checkpoint, expected_task="tumor") for _, m in candidates[pick]]  # in fold order
-        config = loaded[0][1]
+        chosen_folds = candidates[pick]  # in fold order
+        config = copy.deepcopy(chosen_folds[0][1].config)
+        config["data"]["fold"] = 0
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
-        members = [{**meta, "fold": int(cfg["data"]["fold"]), "checkpoint": str(path)}  # member k is fold k
-                   for (_, cfg, meta), (path, _) in zip(loaded, candidates[pick])]
-        save_slim(Path(args.release), ensemble_state([state for state, _, _ in loaded]), config,
-                  {"members": len(loaded), "member_meta": members,
-                   "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
-                   "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
+        members = [{**meta, "fold": k, "checkpoint": name}  # member k is fold k
+                   for k, (name, _, meta) in enumerate(chosen_folds)]
+        save_slim(Path(args.release), ensemble_state([m.denoiser.net.state_dict() for _, m, _ in chosen_folds]),
+                  config, {"members": len(chosen_folds), "member_meta": members,
+                           "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
+                           "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release
     shown = {k: v for k, v in report.items() if k not in ("sweep", "per_patient", "against", "candidates")}
     shown["candidates"] = {name: {k: v for k, v in row.items() if k != "scores"}

@@ -180,3 +180,35 @@ def test_against_scores_another_splits_model_on_its_own_validation_patients_besi
     ours = np.mean([report["per_patient"][i]["dice"] for i in ids])  # the same patients, out of fold
     assert got["out_of_fold_dice"]["mean"] == pytest.approx(ours)
     assert got["out_of_fold_minus_it"]["mean"] == pytest.approx(ours - scored["dice"])
+
+
+def test_a_fold_ensemble_stands_for_its_fold_models_and_takes_other_sample_settings(folds):
+    base, runs, report = folds
+    ensemble = base / "ensemble.safetensors"
+    out = base / "cv_release"
+    # the release re-scored out of fold: member k predicts fold k's held-out patients, as the fold files did
+    assert crossval.main(["--checkpoint", str(ensemble), "--data-root", str(base / "data"), "--out", str(out),
+                          "--release", str(base / "again.safetensors")]) == 0
+    again = json.loads((out / "crossval.json").read_text())
+    assert {i: r["fold"] for i, r in again["per_patient"].items()} == {i: r["fold"] for i, r in report["per_patient"].items()}
+    assert again["cross_validated_dice"] == pytest.approx(report["cross_validated_dice"])
+    for member, run in zip(member_states(load_slim(base / "again.safetensors")[0]), runs):
+        own = load_slim(run)[0]
+        assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
+    # PATH@KEY=VALUE: each fold model with the setting, the written release keeps it
+    entries = crossval.fold_entries(f"{ensemble}@flip=false,jumps=3")
+    assert [p.config["data"]["fold"] for _, p, _ in entries] == [0, 1]
+    assert all(p.config["sample"]["jumps"] == 3 and p.flip_members is False for _, p, _ in entries)
+    assert crossval.main(["--checkpoint", f"{ensemble}@jumps=3", "--data-root", str(base / "data"), "--out",
+                          str(base / "cv_jumps"), "--release", str(base / "jumps.safetensors")]) == 0
+    assert load_slim(base / "jumps.safetensors")[1]["sample"]["jumps"] == 3
+
+
+@pytest.mark.parametrize("entry, message", [("x.safetensors@steps", "PATH@KEY=VALUE"),
+                                            ("{ens}@colour=red", "unknown sample setting")])
+def test_a_malformed_checkpoint_entry_is_one_clear_error(folds, entry, message):
+    from diffusion.errors import UserError
+
+    base, _, _ = folds
+    with pytest.raises(UserError, match=message):
+        crossval.fold_entries(entry.format(ens=base / "ensemble.safetensors"))

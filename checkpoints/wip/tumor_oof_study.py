@@ -1,4 +1,4 @@
-"""Issue #27: two inference-time levers judged out of fold with the five fold segmenters, no training.
+"""Issue #27: inference-time levers judged out of fold with the five fold segmenters, no training.
 
     python checkpoints/wip/tumor_oof_study.py --checkpoint runs/tumor_fold{0,1,2,3,4}/last.safetensors \
         --data-root ../shared/data --out runs/tumor_oof_study
@@ -10,6 +10,8 @@ over the five folds (a fold's patients scored with the setting chosen on the oth
   - hysteresis: components of probability > low kept only when their peak exceeds high (high = 0: off), with the
     minimum component size;
   - scale test-time augmentation: the mean probability over scale 1 and the other scales, threshold and size chosen.
+  - with `--blend`: the fold model's probability blended with another family's fold model (e.g. the diffusion
+    segmenter of the same fold), the weight chosen with threshold and size.
 Prints each arm's cross-validated Dice and its paired difference from today's setting (threshold x size), with
 standard errors over patients; writes `<out>/study.json`.
 """
@@ -33,6 +35,7 @@ from eval.crossval import fold_models
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 PEAKS = (0.0, 0.9, 0.95, 0.97, 0.98, 0.99)
 MIN_SIZES = (0, 10, 25, 50)
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def kept(probability: np.ndarray, low: float, peak: float, min_size: int) -> np.ndarray:
@@ -104,19 +107,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--scales", default="0.85,1.18")
+    p.add_argument("--scales", default="0.85,1.18", help="zoom factors beside 1 (empty: none)")
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
     p.add_argument("--pair", default=None, metavar="CHECKPOINT",
                    help="a model of another split (e.g. the release): on its validation patients, it, the fold model "
                         "and the mean of the two (an ensemble of two independently trained models), cross-fitted")
+    p.add_argument("--blend", default=None, metavar="CHECKPOINT",
+                   help="the fold models of another family, e.g. the diffusion segmenters (a fold ensemble, with "
+                        "@KEY=VALUE sample settings as eval.crossval takes them): the mean w x theirs + (1 - w) x the "
+                        "fold model's, w chosen with threshold and size by cross-fitting")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     warnings.filterwarnings("ignore", "Mean of empty slice")  # hysteresis cells with peak <= low are left empty
     task = get_task("tumor")
     root, _ = task.layout.resolve_root(args.data_root)
-    scales = [float(s) for s in args.scales.split(",")]
+    scales = [float(s) for s in args.scales.split(",") if s]
     probabilities, truths, fold, ids = [], [], [], []
-    for k, (_, model) in enumerate(fold_models(args.checkpoint)[0]):
+    partners = fold_models([args.blend])[0] if args.blend else None
+    blend = []
+    for k, (_, model, _) in enumerate(fold_models(args.checkpoint)[0]):
         cases, _ = select_cases(task, root, model.config["data"], "val", args.limit, whose=str(model.checkpoint))
         for case in tqdm(cases, desc=f"fold {k}"):
             example = task.layout.read_case(root, case, with_truth=True)
@@ -124,6 +133,8 @@ def main() -> None:
             first = model.predict_one(example.inputs, seed=seed).probability.astype(np.float32)
             probabilities.append([first] + [zoomed_probability(model, example.inputs["image"], s, seed)
                                             for s in scales])
+            if partners:
+                blend.append(partners[k][1].predict_one(example.inputs, seed=seed).probability.astype(np.float32))
             truths.append(example.truth.astype(bool))
             fold.append(k)
             ids.append(case.id)
@@ -138,11 +149,18 @@ def main() -> None:
     today = fitted(hysteresis[:, :, :1], fold)
     arms = {"today (threshold x size)": today, "hysteresis (low x peak x size)": fitted(hysteresis, fold)}
     tta = {f"scales 1+{s}": [0, j + 1] for j, s in enumerate(scales)}
-    tta["scales 1+" + "+".join(map(str, scales))] = list(range(len(scales) + 1))
+    if len(scales) > 1:
+        tta["scales 1+" + "+".join(map(str, scales))] = list(range(len(scales) + 1))
     for name, members in tta.items():
         means = [np.nan_to_num(np.nanmean(np.stack([probability[m] for m in members]), 0))
                  for probability in probabilities]
         arms[name] = fitted(threshold_table(means, truths), fold)
+    if blend:  # (patients, weight, threshold, size): w x the partner + (1 - w) x the fold model
+        table = np.stack([threshold_table([w * b + (1 - w) * q[0] for q, b in zip(probabilities, blend)], truths)
+                          for w in BLEND_WEIGHTS], 1)
+        arms["blend partner alone"] = fitted(table[:, -1], fold)
+        arms["blend (weight x threshold x size)"] = fitted(table, fold)
+        arms["blend 0.5 (threshold x size)"] = fitted(table[:, list(BLEND_WEIGHTS).index(0.5)], fold)
     if args.pair:
         arms |= pair_arms(task, root, args.pair, ids, probabilities, truths, fold)
     report = {}
