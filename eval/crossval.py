@@ -238,7 +238,8 @@ def main(argv=None) -> int:
         config = copy.deepcopy(chosen_folds[0][1].config)
         config["data"]["fold"] = 0
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
-        members = [{**meta, "fold": k, "checkpoint": name}  # member k is fold k
+        members = [{**meta, "fold": k, "checkpoint": name,  # member k is fold k; a re-released member keeps its origin
+                    **({"trained_as": meta.get("trained_as", meta["checkpoint"])} if "checkpoint" in meta else {})}
                    for k, (name, _, meta) in enumerate(chosen_folds)]
         save_slim(Path(args.release), ensemble_state([m.denoiser.net.state_dict() for _, m, _ in chosen_folds]),
                   config, {"members": len(chosen_folds), "member_meta": members,

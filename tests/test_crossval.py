@@ -192,6 +192,8 @@ def test_a_fold_ensemble_stands_for_its_fold_models_and_takes_other_sample_setti
     again = json.loads((out / "crossval.json").read_text())
     assert {i: r["fold"] for i, r in again["per_patient"].items()} == {i: r["fold"] for i, r in report["per_patient"].items()}
     assert again["cross_validated_dice"] == pytest.approx(report["cross_validated_dice"])
+    meta = load_slim(base / "again.safetensors")[2]["member_meta"]
+    assert [m["trained_as"] for m in meta] == list(map(str, runs))  # the origin of each member survives
     for member, run in zip(member_states(load_slim(base / "again.safetensors")[0]), runs):
         own = load_slim(run)[0]
         assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
