@@ -31,7 +31,9 @@ def launch(out: Path, args: list[str], minutes: float | None = None) -> subproce
     cmd = [sys.executable, "train_diffusion.py", "--out", str(out), *args]
     if minutes is not None:
         cmd += ["--max-minutes", f"{minutes:.2f}"]
-    return subprocess.Popen(cmd, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT,
+    with open(f"{out}.log", "w") as log_file:  # the command first: where each run started from is in its log
+        log_file.write(" ".join(cmd) + "\n")
+    return subprocess.Popen(cmd, stdout=open(f"{out}.log", "a"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -10,6 +10,15 @@ five diffusion segmenters, all five folds side by side, with the GPU smoke check
     python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 560 --batch 64 \
         --seg-share 0.55 --init-seg checkpoints/tumor_seg.safetensors \
         --smoke-args "--checkpoint ct=/tmp/tumor_gpu/smoke/train_ct_gpu_eager/last.safetensors"
+    # next: the diffusion folds only, longer, each from its member of the diffusion release (keep only that release
+    # in the tree: 24.3 MB + data + wheels is 65.6 MB of the 67.1 allowed), then out of fold on the CPU with the
+    # released sampler (the in-training curve stays DDIM-2 x 1, as in runs 1 and 2):
+    python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 560 --batch 64 \
+        --init-dif checkpoints/tumor_seg_diffusion.safetensors --smoke-args "--checkpoint \
+        ct=/tmp/tumor_gpu/smoke/train_ct_gpu_eager/last.safetensors --checkpoint \
+        tumor=/tmp/tumor_gpu/smoke/train_tumor_gpu_eager/last.safetensors"
+    python -m eval.crossval --checkpoint "checkpoints/tumor_seg_diffusion.safetensors@steps=1,ensemble=4" \
+        $(for k in 0 1 2 3 4; do echo "dif_fold$k.safetensors@steps=1,ensemble=4"; done) --out runs/tumor_dcv_gpu3
 
 The data travels as lossless WebP (the tool carries at most 64 MiB; the PNGs are 65 MB, with three identical
 channels and an alpha), written under the original file names: the loader decodes by content, and reads exactly the
@@ -46,7 +55,7 @@ def fold_args(data_root: str, extra) -> gr.ArgsOf:
     return lambda k: [*RECIPE, "--data-root", data_root, "--set", f"data.fold={k}", *extra(k), *EXTRA]
 
 
-def fold_inits(checkpoint: Path, work: Path) -> list[Path]:
+def fold_inits(checkpoint: Path, work: Path, family: str = "seg") -> list[Path]:
     """Member k of a fold ensemble (eval.crossval --release writes the members in fold order, each trained on the
     training patients of its fold only) as fold k's own slim checkpoint: the warm start of fold k, which never saw
     fold k's held-out patients."""
@@ -59,7 +68,7 @@ def fold_inits(checkpoint: Path, work: Path) -> list[Path]:
         raise SystemExit(f"{checkpoint}: not a fold ensemble of {len(FOLDS)} folds in fold order (folds {folds})")
     paths = []
     for k, member in zip(FOLDS, members):
-        paths.append(work / "init" / f"fold{k}.safetensors")
+        paths.append(work / "init" / f"{family}_fold{k}.safetensors")
         save_slim(paths[-1], member, {**config, "data": {**config["data"], "fold": k}},
                   {"init_from": f"{checkpoint} member {k}", **meta.get("member_meta", [{}])[k]})
     return paths
@@ -110,6 +119,8 @@ def main() -> int:
                    "CT release stays behind to keep the tree under the tool's 64 MiB")
     p.add_argument("--init-seg", type=Path, default=None, help="a fold ensemble (eval.crossval --release): fold k's "
                    "segmenter starts from its member k, a fresh schedule on top (the chain is in each run's log)")
+    p.add_argument("--init-dif", type=Path, default=None, help="a diffusion fold ensemble: only the diffusion folds "
+                   "train, fold k going on from its member k (a fresh schedule; --seg-share and --init-seg unused)")
     p.add_argument("--extra", default="", help="more train_diffusion.py arguments for every run (dry runs)")
     p.add_argument("--batch", type=int, default=32, help="batch per fold (32 in the run of 2026-12-04; the GPU was "
                    "launch-bound there, so a larger batch costs little time per step)")
@@ -129,21 +140,27 @@ def main() -> int:
     if not args.no_smoke:
         smoke = gr.start_smoke(work, "ct_gpu,tumor_gpu", args.smoke_args)
     try:
-        inits = fold_inits(args.init_seg, work) if args.init_seg else None
-        seg_init = (lambda k: ["--init", str(inits[k])]) if inits else (lambda k: [])
+        if args.init_dif:  # the diffusion folds only, each going on from its member of a diffusion fold ensemble
+            difs = fold_inits(args.init_dif, work, "dif")
+
+            def init(k: int) -> list[str]:
+                return [*DIFFUSION, "--init", str(difs[k])]
+        else:
+            inits = fold_inits(args.init_seg, work) if args.init_seg else None
+            seg_init = (lambda k: ["--init", str(inits[k])]) if inits else (lambda k: [])
+
+            def init(k: int) -> list[str]:
+                return [*DIFFUSION, "--init", str(work / "seg" / f"fold{k}" / "last.safetensors")]
         runs = {k: work / "probe" / f"fold{k}" for k in FOLDS}
-        rate = gr.probe(runs, fold_args(args.data_root, seg_init), args.probe)
+        rate = gr.probe(runs, fold_args(args.data_root, init if args.init_dif else seg_init), args.probe)
         if rate is None:
             return 1
-        seg_end = time.time() + args.seg_share * (end - time.time())
-        seg_runs = {k: work / "seg" / f"fold{k}" for k in FOLDS}
-        if not gr.phase("segmenter", seg_runs, gr.steps_until(rate, seg_end, 100), fold_args(args.data_root, seg_init),
-                        seg_end):
-            return 1
-
-        def init(k: int) -> list[str]:
-            return [*DIFFUSION, "--init", str(work / "seg" / f"fold{k}" / "last.safetensors")]
-
+        if not args.init_dif:
+            seg_end = time.time() + args.seg_share * (end - time.time())
+            seg_runs = {k: work / "seg" / f"fold{k}" for k in FOLDS}
+            if not gr.phase("segmenter", seg_runs, gr.steps_until(rate, seg_end, 100),
+                            fold_args(args.data_root, seg_init), seg_end):
+                return 1
         dif_runs = {k: work / "dif" / f"fold{k}" for k in FOLDS}
         ok = gr.phase("diffusion", dif_runs, gr.steps_until(rate, end, 50), fold_args(args.data_root, init), end)
         return 0 if ok else 1
