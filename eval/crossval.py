@@ -83,6 +83,8 @@ def fold_entries(text: str) -> list[tuple[str, Predictor, dict]]:
     state, config, meta = load_slim(path, expected_task="tumor")
     members = member_states(state)
     metas = [meta] if len(members) == 1 else meta.get("member_meta") or [{} for _ in members]
+    if len(metas) != len(members):
+        raise UserError(f"{path}: {len(members)} networks but {len(metas)} member records in its metadata")
     entries = []
     for k, (member, member_meta) in enumerate(zip(members, metas)):
         member_config = config if len(members) == 1 else \
@@ -126,10 +128,8 @@ def candidate_name(folds: list[tuple]) -> str:
     seg_fold0.safetensors -> tumor_gpu_soup; runs/tumor_fold0/last.safetensors -> tumor_fold0), or a fold
     ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4)."""
     name = folds[0][0]
-    if " member " in name:
-        path, at, settings = name.split(" member ")[0].partition("@")
-        return Path(path).stem + at + settings
-    return Path(name.partition("@")[0]).resolve().parent.name + ("@" + name.partition("@")[2] if "@" in name else "")
+    path, at, settings = name.split(" member ")[0].partition("@")
+    return (Path(path).stem if " member " in name else Path(path).resolve().parent.name) + at + settings
 
 
 def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
