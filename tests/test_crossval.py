@@ -214,3 +214,14 @@ def test_a_malformed_checkpoint_entry_is_one_clear_error(folds, entry, message):
     base, _, _ = folds
     with pytest.raises(UserError, match=message):
         crossval.fold_entries(entry.format(ens=base / "ensemble.safetensors"))
+
+
+def test_an_ensemble_whose_member_records_do_not_match_its_networks_is_refused(folds, tmp_path):
+    from diffusion.checkpoint import save_slim
+    from diffusion.errors import UserError
+
+    base, _, _ = folds
+    state, config, meta = load_slim(base / "ensemble.safetensors")
+    save_slim(tmp_path / "odd.safetensors", state, config, {**meta, "member_meta": meta["member_meta"][:1]})
+    with pytest.raises(UserError, match="2 networks but 1 member records"):
+        crossval.fold_entries(str(tmp_path / "odd.safetensors"))
