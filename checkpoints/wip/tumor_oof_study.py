@@ -10,6 +10,7 @@ over the five folds (a fold's patients scored with the setting chosen on the oth
   - hysteresis: components of probability > low kept only when their peak exceeds high (high = 0: off), with the
     minimum component size;
   - scale test-time augmentation: the mean probability over scale 1 and the other scales, threshold and size chosen.
+  - with `--shifts`: shift test-time augmentation (the image rolled by a few pixels, the probability rolled back);
   - with `--blend`: the fold model's probability blended with another family's fold model (e.g. the diffusion
     segmenter of the same fold), the weight chosen with threshold and size.
 Prints each arm's cross-validated Dice and its paired difference from today's setting (threshold x size), with
@@ -70,6 +71,12 @@ def zoomed_probability(model, image: np.ndarray, scale: float, seed: int) -> np.
     return back
 
 
+def shifted_probability(model, image: np.ndarray, dy: int, dx: int, seed: int) -> np.ndarray:
+    """The probability of the image rolled by (dy, dx) pixels, rolled back (the borders are background)."""
+    rolled = np.roll(image, (dy, dx), axis=(0, 1))
+    return np.roll(model.predict_one({"image": rolled}, seed=seed).probability.astype(np.float32), (-dy, -dx), axis=(0, 1))
+
+
 def threshold_table(probabilities: list[np.ndarray], truths: list[np.ndarray]) -> np.ndarray:
     """Per-image Dice at every threshold x minimum size: (images, thresholds, sizes)."""
     table = np.zeros((len(truths), len(THRESHOLDS), len(MIN_SIZES)))
@@ -108,6 +115,8 @@ def main() -> None:
     p.add_argument("--checkpoint", nargs="+", required=True)
     p.add_argument("--data-root", default=None)
     p.add_argument("--scales", default="0.85,1.18", help="zoom factors beside 1 (empty: none)")
+    p.add_argument("--shifts", default="", help="DY:DX pixel shifts beside 0:0 (shift test-time augmentation), e.g. 8:8")
+    p.add_argument("--no-hysteresis", action="store_true", help="skip the hysteresis arm (its table is slow)")
     p.add_argument("--limit", type=int, default=None, help="only the first N patients of each fold (a dry run)")
     p.add_argument("--pair", default=None, metavar="CHECKPOINT",
                    help="a model of another split (e.g. the release): on its validation patients, it, the fold model "
@@ -122,6 +131,7 @@ def main() -> None:
     task = get_task("tumor")
     root, _ = task.layout.resolve_root(args.data_root)
     scales = [float(s) for s in args.scales.split(",") if s]
+    shifts = [tuple(int(v) for v in item.split(":")) for item in args.shifts.split(",") if item]
     probabilities, truths, fold, ids = [], [], [], []
     partners = fold_models([args.blend])[0] if args.blend else None
     blend = []
@@ -132,25 +142,26 @@ def main() -> None:
             seed = case_seed(case.id)
             first = model.predict_one(example.inputs, seed=seed).probability.astype(np.float32)
             probabilities.append([first] + [zoomed_probability(model, example.inputs["image"], s, seed)
-                                            for s in scales])
+                                            for s in scales]
+                                 + [shifted_probability(model, example.inputs["image"], dy, dx, seed)
+                                    for dy, dx in shifts])
             if partners:
                 blend.append(partners[k][1].predict_one(example.inputs, seed=seed).probability.astype(np.float32))
             truths.append(example.truth.astype(bool))
             fold.append(k)
             ids.append(case.id)
     fold = np.array(fold)
-    hysteresis = np.full((len(truths), len(THRESHOLDS), len(PEAKS), len(MIN_SIZES)), np.nan)
-    for i, (probability, truth) in enumerate(tqdm(list(zip(probabilities, truths)), desc="hysteresis")):
-        for a, low in enumerate(THRESHOLDS):
-            for b, peak in enumerate(PEAKS):
-                if peak == 0 or peak > low:
-                    for c, size in enumerate(MIN_SIZES):
-                        hysteresis[i, a, b, c] = dice_score(kept(probability[0], low, peak, size), truth)
-    today = fitted(hysteresis[:, :, :1], fold)
-    arms = {"today (threshold x size)": today, "hysteresis (low x peak x size)": fitted(hysteresis, fold)}
+    if args.no_hysteresis:
+        today = fitted(threshold_table([q[0] for q in probabilities], truths), fold)
+        arms = {"today (threshold x size)": today}
+    else:
+        arms, today = hysteresis_arms(probabilities, truths, fold)
     tta = {f"scales 1+{s}": [0, j + 1] for j, s in enumerate(scales)}
     if len(scales) > 1:
         tta["scales 1+" + "+".join(map(str, scales))] = list(range(len(scales) + 1))
+    tta |= {f"shift {dy}:{dx}": [0, len(scales) + 1 + j] for j, (dy, dx) in enumerate(shifts)}
+    if len(shifts) > 1:
+        tta["shifts " + " ".join(f"{dy}:{dx}" for dy, dx in shifts)] = [0, *range(len(scales) + 1, len(scales) + 1 + len(shifts))]
     for name, members in tta.items():
         means = [np.nan_to_num(np.nanmean(np.stack([probability[m] for m in members]), 0))
                  for probability in probabilities]
@@ -163,6 +174,23 @@ def main() -> None:
         arms["blend 0.5 (threshold x size)"] = fitted(table[:, list(BLEND_WEIGHTS).index(0.5)], fold)
     if args.pair:
         arms |= pair_arms(task, root, args.pair, ids, probabilities, truths, fold)
+    report_and_print(arms, fold, today, Path(args.out))
+
+
+def hysteresis_arms(probabilities, truths, fold) -> tuple[dict, np.ndarray]:
+    """Today's threshold x size and hysteresis (components kept when their peak clears a second threshold)."""
+    hysteresis = np.full((len(truths), len(THRESHOLDS), len(PEAKS), len(MIN_SIZES)), np.nan)
+    for i, (probability, truth) in enumerate(tqdm(list(zip(probabilities, truths)), desc="hysteresis")):
+        for a, low in enumerate(THRESHOLDS):
+            for b, peak in enumerate(PEAKS):
+                if peak == 0 or peak > low:
+                    for c, size in enumerate(MIN_SIZES):
+                        hysteresis[i, a, b, c] = dice_score(kept(probability[0], low, peak, size), truth)
+    today = fitted(hysteresis[:, :, :1], fold)
+    return {"today (threshold x size)": today, "hysteresis (low x peak x size)": fitted(hysteresis, fold)}, today
+
+
+def report_and_print(arms: dict, fold: np.ndarray, today: np.ndarray, out: Path) -> None:
     report = {}
     for name, scores in arms.items():  # each against today's setting, a pair row against the fold model alone
         reference = arms["pair: fold model alone"] if name.startswith("pair") else today
@@ -172,7 +200,6 @@ def main() -> None:
                         "reference": "the fold model alone" if name.startswith("pair") else "today",
                         "difference": mean_se((scores - reference)[scored]),
                         "per_fold": [float(np.mean(scores[scored & (fold == k)])) for k in np.unique(fold[scored])]}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(report, indent=1))
     for name, row in report.items():
