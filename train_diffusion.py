@@ -516,6 +516,12 @@ def main(argv=None) -> int:
         plot_curves(run / "metrics.jsonl", run / "curves.png")
         print(f"done at step {train.step}; run folder {run}"
               + (f" (stopped by {interrupt.requested}: go on with --resume latest)" if interrupt.requested else ""))
+    # The DDP wrapper's reducer holds the process group: free it first, so that the group dies in
+    # destroy_process_group (which lets go of the GIL) and not in the reducer's destructor at return, which joins
+    # gloo's worker threads while holding the GIL: that deadlocked once at exit (2 CPU processes under load, torch
+    # 2.13), a worker thread still needing the GIL to free the last collective's tensors.
+    del loss_module
+    accelerator.free_memory()
     accelerator.end_training()
     return 0
 
