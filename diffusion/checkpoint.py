@@ -119,6 +119,21 @@ def member_states(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     return members
 
 
+def fold_members(path: str | Path, expected_task: str | None = None) -> list[tuple[dict, dict, dict]]:
+    """A slim checkpoint as (state dict, config, meta) per network: the checkpoint itself, or each member of a
+    several-network checkpoint, member k with the fold its record names (a fold ensemble from `eval.crossval
+    --release` records member k as fold k) in its config's `data.fold` and its record as meta."""
+    state, config, meta = load_slim(path, expected_task)
+    members = member_states(state)
+    if len(members) == 1:
+        return [(state, config, meta)]
+    records = meta.get("member_meta") or [{} for _ in members]
+    if len(records) != len(members):
+        raise CheckpointError(f"{path}: {len(members)} networks but {len(records)} member records in its metadata")
+    return [(member, {**config, "data": {**config["data"], "fold": int(record.get("fold", k))}}, record)
+            for k, (member, record) in enumerate(zip(members, records))]
+
+
 def ensemble_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Several networks' state dicts (one config) as one slim checkpoint's (`member_states` reads it back)."""
     return {MEMBER_PREFIX.format(k) + key: value for k, state in enumerate(states) for key, value in state.items()}

@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffusion.checkpoint import ensemble_state, load_slim, member_states, save_slim
+from diffusion.checkpoint import ensemble_state, fold_members, save_slim
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import select_cases
 from diffusion.figures import plot_folds
@@ -80,15 +80,9 @@ def fold_entries(text: str) -> list[tuple[str, Predictor, dict]]:
     each member of a fold ensemble (`--release` writes member k as fold k and records it), with the entry's sample
     settings applied."""
     path, settings = parse_entry(text)
-    state, config, meta = load_slim(path, expected_task="tumor")
-    members = member_states(state)
-    metas = [meta] if len(members) == 1 else meta.get("member_meta") or [{} for _ in members]
-    if len(metas) != len(members):
-        raise UserError(f"{path}: {len(members)} networks but {len(metas)} member records in its metadata")
+    members = fold_members(path, expected_task="tumor")
     entries = []
-    for k, (member, member_meta) in enumerate(zip(members, metas)):
-        member_config = config if len(members) == 1 else \
-            {**config, "data": {**config["data"], "fold": int(member_meta.get("fold", k))}}
+    for k, (member, member_config, member_meta) in enumerate(members):
         denoiser = build_denoiser(member_config)
         denoiser.net.load_state_dict(member)
         predictor = Predictor(denoiser, member_config, checkpoint=path)

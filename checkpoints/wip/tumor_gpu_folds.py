@@ -59,18 +59,16 @@ def fold_inits(checkpoint: Path, work: Path, family: str = "seg") -> list[Path]:
     """Member k of a fold ensemble (eval.crossval --release writes the members in fold order, each trained on the
     training patients of its fold only) as fold k's own slim checkpoint: the warm start of fold k, which never saw
     fold k's held-out patients."""
-    from diffusion.checkpoint import load_slim, member_states, save_slim
+    from diffusion.checkpoint import fold_members, save_slim
 
-    state, config, meta = load_slim(checkpoint, expected_task="tumor")
-    members = member_states(state)
-    folds = [m.get("fold", k) for k, m in enumerate(meta.get("member_meta", [{}] * len(members)))]
-    if len(members) != len(FOLDS) or folds != list(FOLDS) or config["data"]["folds"] != len(FOLDS):
+    members = fold_members(checkpoint, expected_task="tumor")
+    folds = [config["data"]["fold"] for _, config, _ in members]
+    if folds != list(FOLDS) or members[0][1]["data"]["folds"] != len(FOLDS):
         raise SystemExit(f"{checkpoint}: not a fold ensemble of {len(FOLDS)} folds in fold order (folds {folds})")
     paths = []
-    for k, member in zip(FOLDS, members):
+    for k, (state, config, record) in zip(FOLDS, members):
         paths.append(work / "init" / f"{family}_fold{k}.safetensors")
-        save_slim(paths[-1], member, {**config, "data": {**config["data"], "fold": k}},
-                  {"init_from": f"{checkpoint} member {k}", **meta.get("member_meta", [{}])[k]})
+        save_slim(paths[-1], state, config, {"init_from": f"{checkpoint} member {k}", **record})
     return paths
 
 
