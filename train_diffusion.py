@@ -63,7 +63,7 @@ from diffusion.distill import DistillationLoss, EnsembleDistillationLoss, load_t
 from diffusion.errors import UserError, run_cli
 from diffusion.figures import plot_curves
 from diffusion.inference import build_denoiser, fast_bf16
-from diffusion.network import grow_into, grown_model_config
+from diffusion.network import grow_into, grown_model_config, silence_noisy_input
 from diffusion.tasks import get_task
 from diffusion.training import Validator, load_training_data
 
@@ -253,6 +253,10 @@ def build_model(config: dict, args, teacher):
         old, new = model_config(init_config), model_config(config)
         if old == new:
             denoiser.net.load_state_dict(state)
+            if init_config["diffusion"]["objective"] == "regress" and config["diffusion"]["objective"] == "diffusion":
+                silence_noisy_input(denoiser.net)
+                print(f"--init {args.init}: a regressor; its weights on the noisy input x_t set to zero, so at t = T-1 "
+                      f"this diffusion model computes what the regressor did")
         elif grown_model_config(old, new):
             added = grow_into(denoiser.net, state, old["layers_per_block"])
             print(f"--init {args.init}: grown from {old['layers_per_block']} to {new['layers_per_block']} layers per "

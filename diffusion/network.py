@@ -95,3 +95,13 @@ def grow_into(net: UNet2DModel, state: dict, old_layers: int | None = None) -> l
             module.conv_shortcut.weight.data.copy_(weight)
             torch.nn.init.zeros_(module.conv_shortcut.bias)
     return sorted(new_modules)
+
+
+def silence_noisy_input(net: UNet2DModel) -> None:
+    """Zero the input convolution's weights on the noisy target x_t (the first `out_channels` input channels, see
+    Denoiser.forward). A regressor sees x_t = 0 at t = T-1, so those weights never trained (they are still their
+    random init); zeroed, a diffusion model warm-started from the regressor computes at t = T-1, for any x_t, what
+    the regressor computed: its one-step DDIM from pure noise starts as the regressor's prediction, and training
+    with the diffusion objective teaches it to read x_t from there."""
+    with torch.no_grad():
+        net.conv_in.weight[:, :net.config.out_channels].zero_()

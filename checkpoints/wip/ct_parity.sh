@@ -6,6 +6,10 @@
 #   stage d (runs/ct_dif_more):  3,000 steps on whole slices from stage c's last weights, cosine from lr 5e-5;
 # the same 10 calibration patients held out as the release's stages (in-training validation there, never on the 53
 # validation patients), no checkpoint chosen (last.safetensors is compared), as for the regressor.
+# stage w (runs/ct_dif_warm, 2026-12-04 night): the diffusion model warm-started from the release itself
+#   (checkpoints/ct_inpaint.safetensors, the regressor after stages c and d; train_diffusion.py zeroes its weights on
+#   the noisy input, so at t = T-1 the model starts as the release), WARM_STEPS (default 800) steps on whole slices,
+#   cosine from lr 5e-5, the same calibration patients held out.
 # THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
 # EXTRA more --set flags (e.g. "--set train.compile=true": 1.16x on this network on a 2-core AMD EPYC, measured
 # with eval.bench_train; measure on the machine at hand first).
@@ -40,3 +44,4 @@ stage() {  # stage OUT INIT STEPS LR
 mkdir -p runs
 case " ${STAGES:-c d} " in *" c "*) stage runs/ct_dif_whole "$(diffusion_20261201)" 1000 1e-4 ;; esac
 case " ${STAGES:-c d} " in *" d "*) stage runs/ct_dif_more "$(last_of runs/ct_dif_whole)" 3000 5e-5 ;; esac
+case " ${STAGES:-c d} " in *" w "*) stage runs/ct_dif_warm "$PWD/checkpoints/ct_inpaint.safetensors" "${WARM_STEPS:-800}" 5e-5 ;; esac
