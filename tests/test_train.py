@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_diffusion
-from diffusion.checkpoint import load_slim
+from diffusion.checkpoint import load_slim, save_slim
 from tests.conftest import REPO, lr_by_step, write_ct_layout
 
 TINY = str(REPO / "configs/ct_tiny.yaml")
@@ -179,11 +179,12 @@ def test_two_cpu_processes_schedule_max_minutes_and_resume(tmp_path):
         f"step_{stopped['step'] + 1:07d}.pt"
 
 
-def assert_one_step_from(init: Path, run: Path) -> None:
-    """The run's first checkpoint is one small optimiser step away from `init`'s weights, not a random network."""
+def assert_one_step_from(init: Path, run: Path, skip: tuple[str, ...] = ()) -> None:
+    """The run's first checkpoint is one small optimiser step away from `init`'s weights, not a random network
+    (the weights named in `skip` aside)."""
     state, _, _ = load_slim(init)
     after = torch.load(run / "checkpoints" / "step_0000001.pt", weights_only=False)["model"]
-    diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items()]
+    diffs = [float((after[k].float() - v).abs().max()) for k, v in state.items() if k not in skip]
     assert max(diffs) < 0.05
 
 
@@ -205,7 +206,45 @@ def test_diffusion_warm_started_from_a_regressor(tmp_path):
     assert load_slim(regressor)[1]["diffusion"]["objective"] == "regress"
     assert train_diffusion.main(common + ["--out", str(tmp_path / "diff"), "--init", str(regressor)]) == 0
     assert load_slim(tmp_path / "diff" / "last.safetensors")[1]["diffusion"]["objective"] == "diffusion"
-    assert_one_step_from(regressor, tmp_path / "diff")
+    assert_one_step_from(regressor, tmp_path / "diff", skip=("conv_in.weight",))
+
+
+def test_a_regressor_warm_start_computes_the_regressor_at_t_max_for_any_noisy_input(tmp_path):
+    """Warm-started from a regressor (trained at t = T-1 on x_t = 0, so its weights on x_t are untrained), the
+    diffusion model's prediction at t = T-1 is the regressor's for any x_t: its one-step sampler starts as the
+    regressor; every other weight is the regressor's."""
+    from argparse import Namespace
+
+    from diffusion.config import apply_overrides, load_config
+    from diffusion.inference import build_denoiser
+
+    regressor_cfg = apply_overrides(load_config(TINY), ["diffusion.objective=regress", "sample.sampler=regressor",
+                                                        "sample.steps=1", "train.channels_last=false"])
+    regressor = build_denoiser(regressor_cfg).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random init's weights on x_t are far from zero: a test that can fail
+        for p in regressor.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "reg.safetensors"
+    save_slim(path, regressor.net.state_dict(), regressor_cfg)
+    regressor.net.load_state_dict(load_slim(path)[0])  # as saved (slim weights are rounded)
+    config = apply_overrides(load_config(TINY), ["train.channels_last=false"])
+    warm = train_diffusion.build_model(config, Namespace(init=str(path), resume=None), None).eval()
+    out_ch = warm.net.config.out_channels
+    n, size = 2, config["data"]["crop_size"]
+    cond = torch.randn(n, warm.net.config.in_channels - out_ch, size, size)
+    t = torch.full((n,), warm.num_train_timesteps - 1)
+    labels = torch.tensor([1, 3]) if warm.net.config.num_class_embeds else None
+    with torch.no_grad():
+        expected = regressor(torch.zeros(n, out_ch, size, size), t, cond, labels)[0]
+        for x_t in (torch.zeros(n, out_ch, size, size), torch.randn(n, out_ch, size, size)):
+            assert torch.allclose(warm(x_t, t, cond, labels)[0], expected, atol=1e-5)
+    reg_state = regressor.net.state_dict()
+    for key, value in warm.net.state_dict().items():
+        if key != "conv_in.weight":
+            assert torch.equal(value, reg_state[key]), key
+    assert torch.equal(warm.net.conv_in.weight[:, out_ch:], reg_state["conv_in.weight"][:, out_ch:])
+    assert not warm.net.conv_in.weight[:, :out_ch].any()
 
 
 def test_a_training_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
