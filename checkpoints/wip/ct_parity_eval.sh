@@ -9,29 +9,40 @@
 #   distill: the 1-evaluation ensemble student (configs/ct_distill_ensemble_cpu.yaml) re-distilled from the parity
 #     model, on whole 256x256 slices (batch 4: the pixels per step of the first student's 16 crops of 128x128),
 #     the teacher's own 10 calibration patients held out (in-training check there) -> runs/ct_distill_parity.
+# WHICH=warm (2026-12-06): the same for the diffusion model warm-started from the release (ct_parity.sh stage w,
+#   runs/ct_dif_warm, WARM_STEPS default 800): compare -> runs/compare_ct_warm, with the diffusion release of
+#   2026-12-04 (the parity model, calibrated) as a variant, side by side; distill -> runs/ct_distill_warm,
+#   DISTILL_STEPS (default 400) steps.
 # STAGES (default "compare distill"), THREADS (default 2), UNTIL=HH:MM stops training by then with a checkpoint;
-# rerun to resume (from runs/, or from checkpoints/wip/ct_distill_parity_last.safetensors).
+# rerun to resume (from runs/, or from checkpoints/wip/ct_distill_<WHICH>_last.safetensors).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 CODE=$(code_snapshot ct_parity_eval_code)
 export OMP_NUM_THREADS=${THREADS:-2}
 ROOT=$PWD DATA=$(cd ../shared/data && pwd)
-teacher=runs/ct_dif_more/last.safetensors
-[ -f "$teacher" ] || teacher=checkpoints/wip/ct_dif_more_last.safetensors
+WHICH=${WHICH:-parity}
+case $WHICH in
+  parity) run=ct_dif_more steps=3000 what="diffusion at parity (10529 steps;" others=() ;;
+  warm) run=ct_dif_warm steps=${WARM_STEPS:-800} what="diffusion warm-started from the release (+${WARM_STEPS:-800} steps;"
+        others=(--variant "name=diffusion release of 2026-12-04 (parity; DDIM-1 x 8 with flips),checkpoint=$ROOT/checkpoints/ct_inpaint_diffusion.safetensors") ;;
+  *) echo "WHICH=$WHICH: parity or warm" >&2; exit 2 ;;
+esac
+teacher=runs/$run/last.safetensors
+[ -f "$teacher" ] || teacher=checkpoints/wip/${run}_last.safetensors
 step=$(python -c "import json,sys; from safetensors import safe_open; \
 print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$teacher")
-[ "$step" = 3000 ] || { echo "$teacher is at step $step of stage d's 3000: run ct_parity.sh first" >&2; exit 2; }
+[ "$step" = "$steps" ] || { echo "$teacher is at step $step of $steps: run ct_parity.sh first" >&2; exit 2; }
 mkdir -p runs
 case " ${STAGES:-compare distill} " in *" compare "*)
-  [ -f runs/compare_ct_parity/results.md ] || (cd "$CODE" && python -m eval.compare --task ct --split val \
-      --data-root "$DATA" --out "$ROOT"/runs/compare_ct_parity \
+  [ -f runs/compare_ct_$WHICH/results.md ] || (cd "$CODE" && python -m eval.compare --task ct --split val \
+      --data-root "$DATA" --out "$ROOT"/runs/compare_ct_$WHICH \
       --variant "name=release (regressor; 10529 steps; flip pair),checkpoint=$ROOT/checkpoints/ct_inpaint.safetensors" \
-      --variant "name=diffusion at parity (10529 steps; DDIM-1 x 8 with flips),checkpoint=$ROOT/$teacher,ensemble=8,flip=1" \
-      --variant "name=diffusion at parity (one member),checkpoint=$ROOT/$teacher,ensemble=1,flip=0" \
-      ) > runs/compare_ct_parity.log 2>&1 ;;
+      --variant "name=$what DDIM-1 x 8 with flips),checkpoint=$ROOT/$teacher,ensemble=8,flip=1" \
+      --variant "name=$what one member),checkpoint=$ROOT/$teacher,ensemble=1,flip=0" "${others[@]}" \
+      ) > runs/compare_ct_$WHICH.log 2>&1 ;;
 esac
 case " ${STAGES:-compare distill} " in *" distill "*)
-  train_run configs/ct_distill_ensemble_cpu.yaml runs/ct_distill_parity 400 --set distill.teacher="$teacher" \
-      --set data.crop_size=256 --set train.batch_size=4 ;;
+  train_run configs/ct_distill_ensemble_cpu.yaml runs/ct_distill_$WHICH "${DISTILL_STEPS:-400}" \
+      --set distill.teacher="$teacher" --set data.crop_size=256 --set train.batch_size=4 ;;
 esac
