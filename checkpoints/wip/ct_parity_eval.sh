@@ -10,9 +10,10 @@
 #     model, on whole 256x256 slices (batch 4: the pixels per step of the first student's 16 crops of 128x128),
 #     the teacher's own 10 calibration patients held out (in-training check there) -> runs/ct_distill_parity.
 # WHICH=warm (2026-12-06): the same for the diffusion model warm-started from the release (ct_parity.sh stage w,
-#   runs/ct_dif_warm, WARM_STEPS default 800): compare -> runs/compare_ct_warm, with the diffusion release of
-#   2026-12-04 (the parity model, calibrated) as a variant, side by side; distill -> runs/ct_distill_warm,
-#   DISTILL_STEPS (default 400) steps.
+#   runs/ct_dif_warm, WARM_STEPS default 800), its weights chosen on the calibration patients (best.safetensors:
+#   its in-training MAE there rose from step 250 on): compare -> runs/compare_ct_warm, with its last weights (one
+#   member) and the diffusion release of 2026-12-04 (the parity model, calibrated) side by side; distill ->
+#   runs/ct_distill_warm, DISTILL_STEPS (default 400) steps.
 # STAGES (default "compare distill"), THREADS (default 2), UNTIL=HH:MM stops training by then with a checkpoint;
 # rerun to resume (from runs/, or from checkpoints/wip/ct_distill_<WHICH>_last.safetensors).
 set -e
@@ -23,16 +24,17 @@ export OMP_NUM_THREADS=${THREADS:-2}
 ROOT=$PWD DATA=$(cd ../shared/data && pwd)
 WHICH=${WHICH:-parity}
 case $WHICH in
-  parity) run=ct_dif_more steps=3000 what="diffusion at parity (10529 steps;" others=() ;;
-  warm) run=ct_dif_warm steps=${WARM_STEPS:-800} what="diffusion warm-started from the release (+${WARM_STEPS:-800} steps;"
-        others=(--variant "name=diffusion release of 2026-12-04 (parity; DDIM-1 x 8 with flips),checkpoint=$ROOT/checkpoints/ct_inpaint_diffusion.safetensors") ;;
+  parity) run=ct_dif_more steps=3000 pick=last what="diffusion at parity (10529 steps;" others=() ;;
+  warm) run=ct_dif_warm steps=${WARM_STEPS:-800} pick=best what="diffusion warm-started from the release (best on calibration;"
+        others=(--variant "name=diffusion warm-started from the release (last; one member),checkpoint=$ROOT/runs/$run/last.safetensors,ensemble=1,flip=0"
+                --variant "name=diffusion release of 2026-12-04 (parity; DDIM-1 x 8 with flips),checkpoint=$ROOT/checkpoints/ct_inpaint_diffusion.safetensors") ;;
   *) echo "WHICH=$WHICH: parity or warm" >&2; exit 2 ;;
 esac
-teacher=runs/$run/last.safetensors
-[ -f "$teacher" ] || teacher=checkpoints/wip/${run}_last.safetensors
+last=runs/$run/last.safetensors teacher=runs/$run/$pick.safetensors
+[ -f "$last" ] || last=checkpoints/wip/${run}_last.safetensors teacher=checkpoints/wip/${run}_$pick.safetensors
 step=$(python -c "import json,sys; from safetensors import safe_open; \
-print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$teacher")
-[ "$step" = "$steps" ] || { echo "$teacher is at step $step of $steps: run ct_parity.sh first" >&2; exit 2; }
+print(json.loads(safe_open(sys.argv[1], 'pt').metadata().get('extra', '{}')).get('step', 0))" "$last")
+[ "$step" = "$steps" ] || { echo "$last is at step $step of $steps: run ct_parity.sh first" >&2; exit 2; }
 mkdir -p runs
 case " ${STAGES:-compare distill} " in *" compare "*)
   [ -f runs/compare_ct_$WHICH/results.md ] || (cd "$CODE" && python -m eval.compare --task ct --split val \
