@@ -9,7 +9,8 @@
 # stage w (runs/ct_dif_warm, 2026-12-04 night): the diffusion model warm-started from the release itself
 #   (checkpoints/ct_inpaint.safetensors, the regressor after stages c and d; train_diffusion.py zeroes its weights on
 #   the noisy input, so at t = T-1 the model starts as the release), WARM_STEPS (default 800) steps on whole slices,
-#   cosine from lr 5e-5, the same calibration patients held out.
+#   cosine from lr 5e-5, the same calibration patients held out. Run 2026-12-06: its step 250 (best.safetensors,
+#   chosen on the calibration patients) is ct_inpaint_diffusion.safetensors since that day.
 # THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
 # EXTRA more --set flags (e.g. "--set train.compile=true": 1.16x on this network on a 2-core AMD EPYC, measured
 # with eval.bench_train; measure on the machine at hand first).
