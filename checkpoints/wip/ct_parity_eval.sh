@@ -12,7 +12,7 @@
 # WHICH=warm (2026-12-06): the same for the diffusion model warm-started from the release (ct_parity.sh stage w,
 #   runs/ct_dif_warm, WARM_STEPS default 800), its weights chosen on the calibration patients (best.safetensors:
 #   its in-training MAE there rose from step 250 on): compare -> runs/compare_ct_warm, with its last weights (one
-#   member) and the diffusion release of 2026-12-04 (the parity model, calibrated) side by side; distill ->
+#   member) and the diffusion release of 2026-12-04 (the parity model, calibrated; from git history) side by side; distill ->
 #   runs/ct_distill_warm, DISTILL_STEPS (default 400) steps.
 # STAGES (default "compare distill"), THREADS (default 2), UNTIL=HH:MM stops training by then with a checkpoint;
 # rerun to resume (from runs/, or from checkpoints/wip/ct_distill_<WHICH>_last.safetensors).
@@ -27,7 +27,7 @@ case $WHICH in
   parity) run=ct_dif_more steps=3000 pick=last what="diffusion at parity (10529 steps;" others=() ;;
   warm) run=ct_dif_warm steps=${WARM_STEPS:-800} pick=best what="diffusion warm-started from the release (best on calibration;"
         others=(--variant "name=diffusion warm-started from the release (last; one member),checkpoint=$ROOT/runs/$run/last.safetensors,ensemble=1,flip=0"
-                --variant "name=diffusion release of 2026-12-04 (parity; DDIM-1 x 8 with flips),checkpoint=$ROOT/checkpoints/ct_inpaint_diffusion.safetensors") ;;
+                --variant "name=diffusion release of 2026-12-04 (parity; DDIM-1 x 8 with flips),checkpoint=$(diffusion_20261204)") ;;
   *) echo "WHICH=$WHICH: parity or warm" >&2; exit 2 ;;
 esac
 last=runs/$run/last.safetensors teacher=runs/$run/$pick.safetensors

@@ -28,8 +28,14 @@ in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every k in $FOLDS, PARAL
   done
   wait
 }
-diffusion_20261201() {  # the CT diffusion model of 2026-12-01 (ct_inpaint_diffusion.safetensors until 2026-12-04) as a file
-  local f=$PWD/runs/ct_inpaint_diffusion_20261201.safetensors
-  [ -f "$f" ] || { mkdir -p runs && git show b25b63c:checkpoints/ct_inpaint_diffusion.safetensors > "$f"; }
+git_file() {  # git_file REV PATH NAME: runs/NAME, the file PATH as committed at REV (a release replaced since)
+  local f=$PWD/runs/$3
+  [ -f "$f" ] || { mkdir -p runs && git show "$1:$2" > "$f"; }
   echo "$f"
+}
+diffusion_20261201() {  # the CT diffusion model of 2026-12-01 (ct_inpaint_diffusion.safetensors until 2026-12-04)
+  git_file b25b63c checkpoints/ct_inpaint_diffusion.safetensors ct_inpaint_diffusion_20261201.safetensors
+}
+diffusion_20261204() {  # the CT parity diffusion model of 2026-12-04 (ct_inpaint_diffusion.safetensors until 2026-12-06)
+  git_file 4fa0bc2 checkpoints/ct_inpaint_diffusion.safetensors ct_inpaint_diffusion_20261204.safetensors
 }
