@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,12 +119,25 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, Predictor, dict]]]:
 
 
 def candidate_name(folds: list[tuple]) -> str:
-    """A short name for one candidate's fold checkpoints in the figure: fold 0's folder (runs/tumor_gpu_soup/
-    seg_fold0.safetensors -> tumor_gpu_soup; runs/tumor_fold0/last.safetensors -> tumor_fold0), or a fold
-    ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4)."""
+    """A short name for one candidate's fold checkpoints in the figure: the part of the fold paths that names the
+    candidate, with the part that varies by fold as {k} (runs/tumor_soup0/seg/last.safetensors, runs/tumor_soup1/...
+    -> tumor_soup{k}/seg/last; runs/tumor_gpu_soup/seg_fold0.safetensors, ... -> tumor_gpu_soup/seg_fold{k}), or a
+    fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4)."""
     name = folds[0][0]
     path, at, settings = name.split(" member ")[0].partition("@")
-    return (Path(path).stem if " member " in name else Path(path).resolve().parent.name) + at + settings
+    if " member " in name:
+        return Path(path).stem + at + settings
+    texts = [Path(f[0].partition("@")[0]).with_suffix("").parts for f in folds]
+    # from the first path component that differs between the folds (its folder too when it is the file name; the
+    # last two components when none differs)
+    first = next((i for i, level in enumerate(zip(*texts)) if len(set(level)) > 1), len(texts[0]) - 1)
+    first = max(first - (first == len(texts[0]) - 1), 0)
+    texts = ["/".join(t[first:]) for t in texts]
+    lead = os.path.commonprefix(texts).rstrip("0123456789")  # the fold number whole: fold1{k} for folds 10-14 is wrong
+    tail = os.path.commonprefix([t[::-1] for t in texts])[::-1].lstrip("0123456789")
+    if len(texts) > 1 and len(lead) + len(tail) < min(map(len, texts)):
+        return lead + "{k}" + tail + at + settings
+    return texts[0] + at + settings
 
 
 def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
