@@ -231,7 +231,7 @@ def test_a_candidate_is_named_by_the_part_of_its_fold_paths_that_varies():
     """The figure's legend: two candidates whose fold models sit in the same run folders must get different names
     (the old name, fold 0's folder, called runs/tumor_soup0/seg/last and runs/tumor_soup0/avg both 'tumor_soup0' or
     'seg'), the fold number shown as {k}; a fold ensemble keeps its file name and sample settings."""
-    folds = lambda pattern: [(pattern.format(k), None, None) for k in range(5)]  # noqa: E731
+    folds = lambda pattern: [(pattern.format(k), None, None) for k in range(5)]
     assert crossval.candidate_name(folds("runs/tumor_soup{}/seg/last.safetensors")) == "tumor_soup{k}/seg/last"
     assert crossval.candidate_name(folds("runs/tumor_soup{}/avg.safetensors")) == "tumor_soup{k}/avg"
     assert crossval.candidate_name(folds("runs/gpu_soup/seg_fold{}.safetensors@steps=1")) == "gpu_soup/seg_fold{k}@steps=1"
