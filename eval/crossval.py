@@ -127,13 +127,13 @@ def candidate_name(folds: list[tuple]) -> str:
     path, at, settings = name.split(" member ")[0].partition("@")
     if " member " in name:
         return Path(path).stem + at + settings
-    texts = [Path(f[0].partition("@")[0]).with_suffix("").parts for f in folds]
-    # from the first path component that differs between the folds (its folder too when it is the file name; the
-    # last two components when none differs)
-    first = next((i for i, level in enumerate(zip(*texts)) if len(set(level)) > 1), len(texts[0]) - 1)
-    first = max(first - (first == len(texts[0]) - 1), 0)
-    texts = ["/".join(t[first:]) for t in texts]
-    lead = os.path.commonprefix(texts).rstrip("0123456789")  # the fold number whole: fold1{k} for folds 10-14 is wrong
+    parts = [Path(f[0].partition("@")[0]).with_suffix("").parts for f in folds]
+    last = len(parts[0]) - 1
+    # from the first path component that differs between the folds (the last one when none does), with its folder
+    # when it is the file name
+    first = next((i for i, level in enumerate(zip(*parts)) if len(set(level)) > 1), last)
+    texts = ["/".join(p[max(first - (first == last), 0):]) for p in parts]
+    lead = os.path.commonprefix(texts).rstrip("0123456789")  # the fold number is replaced whole (fold1x, x = 0..4)
     tail = os.path.commonprefix([t[::-1] for t in texts])[::-1].lstrip("0123456789")
     if len(texts) > 1 and len(lead) + len(tail) < min(map(len, texts)):
         return lead + "{k}" + tail + at + settings
