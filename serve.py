@@ -7,10 +7,11 @@ The request and response formats are the task's codec (`diffusion/tasks/<task>/c
 `parse_request`, `encode_response`); this file knows no task.
 
 * The model is loaded once at start-up. `GET /` says the endpoint is running, `GET /api` gives service and uptime.
-* Deadline: the service keeps a running estimate of the seconds per network evaluation and, when the default
-  setting would run past `--budget` seconds counted from the request's arrival (time queued behind other
-  requests included), degrades (fewer ensemble members first, then fewer steps). The setting used is in the
-  `X-Sampler` response header and the log.
+* Deadline: the service keeps a running estimate of the seconds per network evaluation (at the largest input size,
+  scaled by each request's pixels: a tall PET image costs more than a short one) and, when the default setting
+  would run past `--budget` seconds counted from the request's arrival (time queued behind other requests
+  included), degrades (fewer ensemble members first, then fewer steps). The setting used is in the `X-Sampler`
+  response header and the log.
 * Concurrency: one inference at a time behind an asyncio lock (a queue in arrival order): two inferences on two
   cores would each run at half speed and both risk the deadline, where one after the other the first answers at
   full speed. A request whose client has gone is dropped before it starts, and cancelled between sampler steps
@@ -27,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -54,18 +56,26 @@ class Plan:
         return f"{self.spec} E={self.ensemble}"
 
 
+def input_pixels(inputs: dict) -> int:
+    """The size of a request's inputs (their arrays' pixels), what an evaluation's time grows with."""
+    return sum(value.size for value in inputs.values() if isinstance(value, np.ndarray)) or 1
+
+
 class Deadline:
     """Chooses the largest setting (ensemble first, then steps) whose estimated time fits the budget."""
 
     def __init__(self, budget_s: float, seconds_per_nfe: float):
         self.budget_s = budget_s
-        self.seconds_per_nfe = seconds_per_nfe  # per network evaluation of one sample, updated from every request
+        # per network evaluation of one sample at the reference size (scale 1: the largest input the task takes),
+        # updated from every request
+        self.seconds_per_nfe = seconds_per_nfe
 
-    def plan(self, spec: SamplerSpec, ensemble: int, waited_s: float = 0.0) -> Plan:
+    def plan(self, spec: SamplerSpec, ensemble: int, waited_s: float = 0.0, scale: float = 1.0) -> Plan:
         """`waited_s`: seconds the request already spent queued behind others; they count against the budget,
-        so an answer is late neither because the model is slow nor because the queue is long."""
+        so an answer is late neither because the model is slow nor because the queue is long. `scale`: the
+        request's size over the reference size (its pixels over the largest input's)."""
         budget = self.budget_s - waited_s
-        fits = lambda s, e: s.nfe * e * self.seconds_per_nfe <= budget
+        fits = lambda s, e: s.nfe * e * self.seconds_per_nfe * scale <= budget
         while ensemble > 1 and not fits(spec, ensemble):
             ensemble -= 1
         while spec.steps > 1 and spec.name != "distilled" and not fits(spec, ensemble):  # a student has one grid
@@ -74,9 +84,9 @@ class Deadline:
             spec = SamplerSpec("ddim", 1)
         return Plan(spec, ensemble)
 
-    def observe(self, seconds: float, nfe: int) -> None:
+    def observe(self, seconds: float, nfe: int, scale: float = 1.0) -> None:
         if nfe > 0:
-            self.seconds_per_nfe = 0.7 * self.seconds_per_nfe + 0.3 * seconds / nfe
+            self.seconds_per_nfe = 0.7 * self.seconds_per_nfe + 0.3 * seconds / nfe / scale
 
 
 def seconds_per_evaluation(service, inputs: dict, repeats: int = 2) -> float:
@@ -123,6 +133,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
     started = time.time()
     lock = asyncio.Lock()
     deadline = Deadline(budget_s, seconds_per_nfe if seconds_per_nfe is not None else service.warm_up())
+    reference_pixels = input_pixels(service.task.codec.warm_up_inputs())  # what warm_up measured at
     app.state.deadline, app.state.service = deadline, service
     request_model = service.request_model
 
@@ -165,7 +176,8 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
                 return JSONResponse({"detail": "client disconnected"}, status_code=499)
             # the budget counts from the request's arrival: time spent queued leaves less for sampling
             default = service.default_plan()
-            plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived)
+            scale = input_pixels(inputs) / reference_pixels
+            plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived, scale=scale)
             cancel = threading.Event()
 
             def callback(_state):
@@ -185,7 +197,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
             finally:
                 watcher.cancel()
             seconds = time.perf_counter() - start
-            deadline.observe(seconds, plan.spec.nfe * plan.ensemble)
+            deadline.observe(seconds, plan.spec.nfe * plan.ensemble, scale=scale)
         log.info("request %s: %s in %.2fs (%.2fs with queue)", request_id, plan, seconds,
                  time.perf_counter() - arrived)
         return JSONResponse(result, headers={"X-Sampler": str(plan), "X-Request-Id": request_id,

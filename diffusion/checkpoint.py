@@ -4,7 +4,10 @@
   config; written atomically (temporary file, then rename) and rotated.
 * Slim inference checkpoint (`.safetensors`): EMA weights only, with the resolved config in the metadata and the
   run's facts about the weights (`meta`: the step, the validation score, where it was released from), stored under the
-  metadata key "extra" (the name of earlier versions; "extra" elsewhere means a case outside the split).
+  metadata key "extra" (the name of earlier versions; "extra" elsewhere means a case outside the split). One larger
+  than `SHARD_BYTES` (a several-network ensemble) is written in shards, as `save_pretrained(max_shard_size=...)` does:
+  the named file holds the config and the first tensors and lists the others, `<stem>-00002-of-0000N.safetensors`...
+  beside it; `load_slim` reads them all back, so a sharded checkpoint is used by its first file's name.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from diffusion.errors import CheckpointError
 
 _STEP = re.compile(r"^step_(\d+)\.pt$")
 SLIM_DTYPE = torch.float16   # released weights are stored in half precision (half the size)
+SHARD_BYTES = 24_500_000     # tensors per file of a slim checkpoint: with its header, under the 25 MB a committed file may have
+_SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 
 
 @torch.no_grad()
@@ -61,18 +66,43 @@ def latest_full_state(folder: Path) -> Path | None:
     return states[-1] if states else None
 
 
+def shard_names(path: Path, count: int) -> list[Path]:
+    """The files of a checkpoint written in `count` shards: `path` itself, then `<stem>-0000k-of-0000N.safetensors`."""
+    return [path] + [path.with_name(f"{path.stem}-{k:05d}-of-{count:05d}.safetensors") for k in range(2, count + 1)]
+
+
+def is_shard(path: str | Path) -> bool:
+    """Whether a file is a later shard of a sharded slim checkpoint (not a checkpoint of its own)."""
+    return bool(_SHARD.search(Path(path).name))
+
+
 def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, meta: dict | None = None,
-              dtype: torch.dtype = SLIM_DTYPE) -> None:
-    """EMA weights (stored as `dtype`, fp16 by default to halve the size) plus the config as metadata."""
+              dtype: torch.dtype = SLIM_DTYPE, shard_bytes: int = SHARD_BYTES) -> None:
+    """EMA weights (stored as `dtype`, fp16 by default to halve the size) plus the config as metadata; in shards of
+    at most `shard_bytes` of tensors each when they are larger (a tensor larger than that gets a shard of its own)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state_dict.items()}
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    for key, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if groups[-1] and sum(t.numel() * t.element_size() for t in groups[-1].values()) + size > shard_bytes:
+            groups.append({})
+        groups[-1][key] = tensor
+    files = shard_names(path, len(groups))
     metadata = {"config": json.dumps(config), "task": config["task"], "format": "dmiai-diffusion-slim-v1"}
     if meta:
         metadata["extra"] = json.dumps(meta)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    if len(files) > 1:
+        metadata["shards"] = json.dumps([f.name for f in files[1:]])
+    for stale in path.parent.glob(f"{path.stem}-*-of-*.safetensors"):  # a larger earlier version's shards
+        if is_shard(stale) and stale not in files:
+            stale.unlink()
+    for file, group, data in reversed(list(zip(files, groups, [metadata] + [{"shard_of": path.name}] * len(files)))):
+        tmp = file.with_name(file.name + ".tmp")  # the first file (which lists the others) is replaced last
+        save_file(group, str(tmp), metadata=data)
+        os.replace(tmp, file)
 
 
 def read_slim_config(path: str | Path, expected_task: str | None = None) -> tuple[dict, dict]:
@@ -94,11 +124,27 @@ def read_slim_config(path: str | Path, expected_task: str | None = None) -> tupl
     return config, json.loads(metadata.get("extra", "{}"))
 
 
+def slim_files(path: str | Path) -> list[Path]:
+    """The files of a slim checkpoint: itself, then the later shards its metadata lists (those that exist)."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as handle:
+        shards = json.loads((handle.metadata() or {}).get("shards", "[]"))
+    return [path] + [path.with_name(name) for name in shards]
+
+
 def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """Return (float32 state dict, config, meta). Raises CheckpointError with one clear line."""
+    """Return (float32 state dict, config, meta), the tensors of every shard. Raises CheckpointError with one clear
+    line."""
     config, meta = read_slim_config(path, expected_task)
+    path = Path(path)
+    tensors = {}
     try:
-        tensors = load_file(str(path))
+        files = slim_files(path)
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint {path} is written in {len(files)} shards and {file.name} is "
+                                      f"missing beside it (copy every {path.stem}-*-of-*.safetensors with it)")
+            tensors |= load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, config, meta

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from diffusion.checkpoint import load_slim, member_states, read_slim_config
+from diffusion.checkpoint import is_shard, load_slim, member_states, read_slim_config
 from diffusion.config import DEFAULTS, fill_defaults, spec_of
 from diffusion.denoiser import Denoiser
 from diffusion.errors import CheckpointError, UserError
@@ -45,7 +45,7 @@ def other_released(task, folder: Path | None = None) -> list[Path]:
     the regressor baseline, ...), sorted by name."""
     released = released_checkpoint(task, required=False)
     folder = folder or released.parent
-    return sorted(folder.glob(f"{released.stem}_*.safetensors"))
+    return sorted(p for p in folder.glob(f"{released.stem}_*.safetensors") if not is_shard(p))
 
 
 def runs_sampler(config: dict, name: str) -> bool:

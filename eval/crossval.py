@@ -21,15 +21,23 @@ each fold's checkpoints in the order given; every candidate predicts its fold's 
 chosen out of fold with the threshold and size (inside the cross-fitting too), and `candidates` in the report has
 each one's own cross-validated Dice and its paired difference from the first, with standard errors over patients.
 
-A fold ensemble (a `--release` file) stands for its K fold models (member k was fold k), and `PATH@KEY=VALUE,...`
+A fold ensemble (a `--release` file) stands for its K fold models (each member records its fold), and `PATH@KEY=VALUE,...`
 scores a candidate with other sample settings than its own, e.g. a released diffusion segmenter at one DDIM step
 and four members per network against its default, out of fold, without writing a file:
 
     python -m eval.crossval --checkpoint checkpoints/tumor_seg_diffusion.safetensors \
         checkpoints/tumor_seg_diffusion.safetensors@steps=1,ensemble=4 --out runs/tumor_dcv_sampler
 
-`--release` writes the fold ensemble: one slim checkpoint holding the K networks (`member<k>.` keys), sampled with
-each model's default ensemble (members = folds x that ensemble), the chosen threshold and component size. It has
+Independently trained runs of the same folds ensemble fold by fold with `+`: each fold's networks of every run
+predict that fold's patients together (their probabilities averaged), e.g. the release beside a second run of folds:
+
+    python -m eval.crossval --checkpoint checkpoints/tumor_seg.safetensors \
+        "checkpoints/tumor_seg.safetensors+runs/tumor_fold0/last.safetensors+...+runs/tumor_fold4/last.safetensors" \
+        --out runs/tumor_cv_runs --release runs/tumor_seg_runs.safetensors
+
+`--release` writes the fold ensemble: one slim checkpoint holding every fold's networks (`member<k>.` keys, in
+shards of at most 25 MB when larger, `diffusion.checkpoint.save_slim`), sampled with each network's default
+ensemble (members = networks x that ensemble), the chosen threshold and component size. It has
 no held-out score of its own in `../shared/` (each patient was trained on by K-1 of its members); the unseen
 patients are its check. `--against CHECKPOINT` (e.g. today's release, trained on another split) scores that model on
 its own validation patients beside their out-of-fold Dice, paired: two recipes side by side on patients neither
@@ -76,22 +84,39 @@ def parse_entry(text: str) -> tuple[str, dict]:
     return path, pairs
 
 
-def fold_entries(text: str) -> list[tuple[str, Predictor, dict]]:
-    """One `--checkpoint` entry as (name, predictor, meta) per fold model in it: a fold model's slim checkpoint, or
-    each member of a fold ensemble (`--release` writes member k as fold k and records it), with the entry's sample
-    settings applied."""
-    path, settings = parse_entry(text)
-    members = fold_members(path, expected_task="tumor")
+def fold_entries(text: str) -> list[tuple[str, Predictor, list[tuple[str, dict]]]]:
+    """One `--checkpoint` entry as (name, predictor, [(name, meta) of each of its networks]) per fold in it: a fold
+    model's slim checkpoint, or a fold ensemble's networks fold by fold (`--release` records each member's fold),
+    with the entry's sample settings applied. `A+B[@settings]` joins several runs' fold models fold by fold: each
+    fold's predictor holds that fold's networks of every run (an ensemble of independently trained runs), which
+    must be one network of one split."""
+    paths, settings = parse_entry(text)
+    by_fold: dict[int, list] = {}
+    several = False
+    for path in paths.split("+"):
+        members = fold_members(path, expected_task="tumor")
+        several |= len(members) > 1
+        for k, (state, config, meta) in enumerate(members):
+            name = path if len(members) == 1 else f"{path} member {k}"
+            by_fold.setdefault(int(config["data"]["fold"]), []).append((name, state, config, meta))
     entries = []
-    for k, (member, member_config, member_meta) in enumerate(members):
-        denoiser = build_denoiser(member_config)
-        denoiser.net.load_state_dict(member)
-        predictor = Predictor(denoiser, member_config, checkpoint=path)
+    for fold, networks in by_fold.items():
+        first, config = networks[0][0], networks[0][2]
+        for name, _, other, _ in networks[1:]:
+            if other["model"] != config["model"] or other["data"]["folds"] != config["data"]["folds"] \
+                    or other["data"]["split_seed"] != config["data"]["split_seed"]:
+                raise UserError(f"--checkpoint {text!r}: {name} is not the network and split of {first} (an "
+                                f"ensemble of runs joins the fold models of one network and one split)")
+        denoisers = [build_denoiser(member_config) for _, _, member_config, _ in networks]
+        for denoiser, (_, state, _, _) in zip(denoisers, networks):
+            denoiser.net.load_state_dict(state)
+        predictor = Predictor(denoisers, config, checkpoint=paths.split("+")[0])
         try:
             predictor = predictor.with_sample(**settings) if settings else predictor
         except UserError as exc:
             raise UserError(f"--checkpoint {text!r}: {exc}") from None
-        entries.append((text if len(members) == 1 else f"{text} member {k}", predictor, member_meta))
+        entries.append((f"{text} member {fold}" if several else text, predictor,
+                        [(name, meta) for name, _, _, meta in networks]))
     return entries
 
 
@@ -122,9 +147,14 @@ def candidate_name(folds: list[tuple]) -> str:
     """A short name for one candidate's fold checkpoints in the figure: the part of the fold paths that names the
     candidate, with the part that varies by fold as {k} (runs/tumor_soup0/seg/last.safetensors, runs/tumor_soup1/...
     -> tumor_soup{k}/seg/last; runs/tumor_gpu_soup/seg_fold0.safetensors, ... -> tumor_gpu_soup/seg_fold{k}), or a
-    fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4)."""
+    fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4); runs joined with `+`
+    by their parts (tumor_seg + tumor_fold{k}_last)."""
     name = folds[0][0]
     path, at, settings = name.split(" member ")[0].partition("@")
+    if "+" in path:  # runs joined fold by fold: the first run's name + the others' (fold files named as above)
+        parts = path.split("+")
+        rest = candidate_name([(part,) for part in parts[1:]]) if len(parts) > 2 else Path(parts[1]).stem
+        return f"{Path(parts[0]).stem} + {rest}{at}{settings}"
     if " member " in name:
         return Path(path).stem + at + settings
     parts = [Path(f[0].partition("@")[0]).with_suffix("").parts for f in folds]
@@ -246,11 +276,14 @@ def main(argv=None) -> int:
         config = copy.deepcopy(chosen_folds[0][1].config)
         config["data"]["fold"] = 0
         config["sample"]["threshold"], config["sample"]["min_component"] = chosen["threshold"], chosen["min_component"]
-        members = [{**meta, "fold": k, "checkpoint": name,  # member k is fold k; a re-released member keeps its origin
-                    **({"trained_as": meta.get("trained_as", meta["checkpoint"])} if "checkpoint" in meta else {})}
-                   for k, (name, _, meta) in enumerate(chosen_folds)]
-        save_slim(Path(args.release), ensemble_state([m.denoiser.net.state_dict() for _, m, _ in chosen_folds]),
-                  config, {"members": len(chosen_folds), "member_meta": members,
+        states, members = [], []  # fold by fold, each fold's networks; a re-released member keeps its origin
+        for k, (_, predictor, networks) in enumerate(chosen_folds):
+            for model, (name, meta) in zip(predictor.models, networks):
+                states.append(model.net.state_dict())
+                members.append({**meta, "fold": k, "checkpoint": name, **(
+                    {"trained_as": meta.get("trained_as", meta["checkpoint"])} if "checkpoint" in meta else {})})
+        save_slim(Path(args.release), ensemble_state(states),
+                  config, {"members": len(states), "member_meta": members,
                            "cross_validated_dice": fitted["dice"], "cross_validated_se": fitted["se"],
                            "threshold_split": "out-of-fold", "crossval": str(out / "crossval.json")})
         report["release"] = args.release

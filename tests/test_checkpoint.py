@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from diffusion.checkpoint import (
+    is_shard,
     latest_full_state,
     list_full_states,
     load_slim,
@@ -40,6 +41,33 @@ def test_slim_wrong_task_and_corrupt_file(tmp_path):
         load_slim(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_slim(tmp_path / "nope.safetensors")
+
+
+def test_a_slim_checkpoint_larger_than_the_shard_limit_is_written_in_shards_and_read_back_whole(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusion.inference import other_released
+
+    config = tiny_config()
+    state = build_denoiser(config).net.state_dict()
+    total = sum(v.numel() * 2 for v in state.values())  # fp16
+    limit = total // 3
+    path = tmp_path / "ct_inpaint_diffusion.safetensors"  # beside the CT release, as its diffusion model would be
+    save_slim(path, state, config, {"step": 3}, shard_bytes=limit)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) >= 3 and all(is_shard(f) for f in files if f != path) and not is_shard(path)
+    for f in files:  # every shard within the limit unless one tensor alone is larger
+        tensors = load_file(str(f))
+        assert sum(t.numel() * t.element_size() for t in tensors.values()) <= limit or len(tensors) == 1
+    got, config2, meta = load_slim(path)
+    assert config2 == config and meta == {"step": 3} and sorted(got) == sorted(state)
+    assert all(torch.equal(got[k], state[k].half().float()) for k in state)
+    assert other_released("ct", tmp_path) == [path]  # its shards are not other releases
+    files[-1].unlink()
+    with pytest.raises(CheckpointError, match=files[-1].name):
+        load_slim(path)
+    save_slim(path, state, config)  # written whole again: the earlier shards go
+    assert sorted(tmp_path.glob("*.safetensors")) == [path] and load_slim(path)[0].keys() == state.keys()
 
 
 def test_full_state_round_trip_and_rotation(tmp_path):

@@ -147,6 +147,41 @@ def test_several_checkpoints_per_fold_are_candidates_chosen_out_of_fold(folds):
         assert all(np.array_equal(member[k].numpy(), own[k].numpy()) for k in own)
 
 
+def test_runs_joined_with_plus_predict_each_fold_together_and_release_as_one_ensemble(folds, tmp_path):
+    from diffusion.checkpoint import save_slim
+    from diffusion.errors import UserError
+    from diffusion.inference import case_seed
+
+    base, runs, _ = folds
+    ensemble = base / "ensemble.safetensors"
+    blind = [_blind_copy(run, tmp_path / f"blind{k}.safetensors") for k, run in enumerate(runs)]
+    joined = crossval.fold_entries(f"{ensemble}+{blind[1]}+{blind[0]}")  # a fold ensemble and single fold files
+    alone = crossval.fold_entries(str(ensemble))
+    assert [p.config["data"]["fold"] for _, p, _ in joined] == [0, 1]
+    assert [len(p.models) for _, p, _ in joined] == [2, 2]
+    assert [[n for n, _ in networks] for _, _, networks in joined] == [[f"{ensemble} member 0", str(blind[0])],
+                                                                      [f"{ensemble} member 1", str(blind[1])]]
+    task = get_task("tumor")
+    root, _ = task.layout.resolve_root(base / "data")
+    case = task.layout.list_cases(root)[0]
+    inputs = task.layout.read_case(root, case, with_truth=False).inputs
+    for (_, together, _), (_, own, _) in zip(joined, alone):  # a blind network's members say 0: the mean halves
+        want = own.predict_one(inputs, seed=case_seed(case.id)).probability
+        assert np.allclose(together.predict_one(inputs, seed=case_seed(case.id)).probability, want / 2, atol=1e-6)
+    out = tmp_path / "cv"
+    assert crossval.main(["--checkpoint", f"{ensemble}+{blind[0]}+{blind[1]}", "--data-root", str(base / "data"),
+                          "--out", str(out), "--release", str(tmp_path / "runs.safetensors")]) == 0
+    state, _, meta = load_slim(tmp_path / "runs.safetensors")
+    assert len(member_states(state)) == 4 and [m["fold"] for m in meta["member_meta"]] == [0, 0, 1, 1]
+    assert [len(p.models) for _, p, _ in crossval.fold_entries(str(tmp_path / "runs.safetensors"))] == [2, 2]
+    assert len(load_predictor("tumor", tmp_path / "runs.safetensors").models) == 4  # infer.py uses all of them
+    other_state, config, other_meta = load_slim(blind[0])
+    save_slim(tmp_path / "other.safetensors", other_state, {**config, "model": {**config["model"], "dropout": 0.1}},
+              other_meta)
+    with pytest.raises(UserError, match="not the network and split"):
+        crossval.fold_entries(f"{runs[0]}+{tmp_path / 'other.safetensors'}")
+
+
 def test_a_fold_given_more_often_than_another_is_a_clear_error(folds):
     from diffusion.errors import UserError
 
@@ -236,3 +271,5 @@ def test_a_candidate_is_named_by_the_part_of_its_fold_paths_that_varies():
     assert crossval.candidate_name(folds("runs/tumor_soup{}/avg.safetensors")) == "tumor_soup{k}/avg"
     assert crossval.candidate_name(folds("runs/gpu_soup/seg_fold{}.safetensors@steps=1")) == "gpu_soup/seg_fold{k}@steps=1"
     assert crossval.candidate_name(folds("checkpoints/tumor_seg.safetensors@flip=true member {}")) == "tumor_seg@flip=true"
+    joined = "checkpoints/tumor_seg.safetensors+" + "+".join(f"runs/fold{k}/last.safetensors" for k in range(5))
+    assert crossval.candidate_name(folds(joined + "@flip=false member {}")) == "tumor_seg + fold{k}/last@flip=false"

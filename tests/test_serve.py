@@ -120,6 +120,30 @@ def test_deadline_counts_time_spent_queued():
     assert str(d.plan(SamplerSpec("ddim", 4), 4, waited_s=9.0)) == "ddim:1 E=1"    # over: the cheapest answer
 
 
+def test_deadline_scales_its_estimate_with_the_request_size():
+    from samplers import SamplerSpec
+
+    d = serve.Deadline(8.0, 5.0)                                              # 5 s per evaluation at full size
+    assert str(d.plan(SamplerSpec("regressor", 1), 2, scale=0.5)) == "regressor:1 E=2"  # 5 s: a short image
+    assert str(d.plan(SamplerSpec("regressor", 1), 2, scale=1.0)) == "regressor:1 E=1"  # 10 s would overrun
+    d.observe(2.5, 1, scale=0.5)                     # a half-size request at 2.5 s is 5 s per evaluation at full size
+    assert d.seconds_per_nfe == pytest.approx(5.0)
+
+
+def test_the_service_plans_each_request_at_its_own_size(trained_tumor_tiny):
+    from tests.conftest import make_pet_case
+
+    service = serve.Service(Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors"))
+    app = serve.create_app(service, seconds_per_nfe=0.01)
+    seen = []
+    plan = app.state.deadline.plan
+    app.state.deadline.plan = lambda *a, **k: seen.append(k["scale"]) or plan(*a, **k)
+    image, _ = make_pet_case(np.random.default_rng(0), 437)
+    with TestClient(app) as c:
+        assert c.post("/predict", json={"img": b64(image)}).status_code == 200
+    assert image.shape[0] == 437 and seen == [pytest.approx(437 / 991)]  # the request's rows over the tallest
+
+
 @pytest.fixture(scope="module")
 def tumor_client(trained_tumor_tiny):
 

@@ -121,10 +121,10 @@ def main() -> None:
     p.add_argument("--pair", default=None, metavar="CHECKPOINT",
                    help="a model of another split (e.g. the release): on its validation patients, it, the fold model "
                         "and the mean of the two (an ensemble of two independently trained models), cross-fitted")
-    p.add_argument("--blend", default=None, metavar="CHECKPOINT",
-                   help="the fold models of another family, e.g. the diffusion segmenters (a fold ensemble, with "
-                        "@KEY=VALUE sample settings as eval.crossval takes them): the mean w x theirs + (1 - w) x the "
-                        "fold model's, w chosen with threshold and size by cross-fitting")
+    p.add_argument("--blend", nargs="+", default=None, metavar="CHECKPOINT",
+                   help="the fold models of another family or run, e.g. the diffusion segmenters (a fold ensemble or "
+                        "its K fold checkpoints, with @KEY=VALUE sample settings as eval.crossval takes them): the mean "
+                        "w x theirs + (1 - w) x the fold model's, w chosen with threshold and size by cross-fitting")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     warnings.filterwarnings("ignore", "Mean of empty slice")  # hysteresis cells with peak <= low are left empty
@@ -133,7 +133,7 @@ def main() -> None:
     scales = [float(s) for s in args.scales.split(",") if s]
     shifts = [tuple(int(v) for v in item.split(":")) for item in args.shifts.split(",") if item]
     probabilities, truths, fold, ids = [], [], [], []
-    partners = fold_models([args.blend])[0] if args.blend else None
+    partners = fold_models(args.blend)[0] if args.blend else None
     blend = []
     for k, (_, model, _) in enumerate(fold_models(args.checkpoint)[0]):
         cases, _ = select_cases(task, root, model.config["data"], "val", args.limit, whose=str(model.checkpoint))
