@@ -10,6 +10,8 @@ five diffusion segmenters, all five folds side by side, with the GPU smoke check
     python3 checkpoints/wip/tumor_gpu_folds.py --data-root gpu_data --out $OUT --budget 560 --batch 64 \
         --seg-share 0.55 --init-seg checkpoints/tumor_seg.safetensors \
         --smoke-args "--checkpoint ct=/tmp/tumor_gpu/smoke/train_ct_gpu_eager/last.safetensors"
+    # (since 2026-12-06 checkpoints/tumor_seg.safetensors holds two runs per fold: pass its GPU half, `git show
+    # 0e582be:checkpoints/tumor_seg.safetensors > seg_gpu.safetensors`, as --init-seg)
     # next: the diffusion folds only, longer, each from its member of the diffusion release (keep only that release
     # in the tree: 24.3 MB + data + wheels is 65.6 MB of the 67.1 allowed), then out of fold on the CPU with the
     # released sampler (the in-training curve stays DDIM-2 x 1, as in runs 1 and 2):
@@ -64,7 +66,9 @@ def fold_inits(checkpoint: Path, work: Path, family: str = "seg") -> list[Path]:
     members = fold_members(checkpoint, expected_task="tumor")
     folds = [config["data"]["fold"] for _, config, _ in members]
     if folds != list(FOLDS) or members[0][1]["data"]["folds"] != len(FOLDS):
-        raise SystemExit(f"{checkpoint}: not a fold ensemble of {len(FOLDS)} folds in fold order (folds {folds})")
+        raise SystemExit(f"{checkpoint}: not a fold ensemble of {len(FOLDS)} folds in fold order (folds {folds}); the "
+                         f"release since 2026-12-06 holds two runs per fold, its GPU half alone is `git show "
+                         f"0e582be:checkpoints/tumor_seg.safetensors`")
     paths = []
     for k, (state, config, record) in zip(FOLDS, members):
         paths.append(work / "init" / f"{family}_fold{k}.safetensors")
