@@ -85,11 +85,14 @@ def save_slim(path: Path, state_dict: dict[str, torch.Tensor], config: dict, met
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state_dict.items()}
     groups: list[dict[str, torch.Tensor]] = [{}]
+    filled = 0  # bytes in the last group
     for key, tensor in tensors.items():
         size = tensor.numel() * tensor.element_size()
-        if groups[-1] and sum(t.numel() * t.element_size() for t in groups[-1].values()) + size > shard_bytes:
+        if groups[-1] and filled + size > shard_bytes:
             groups.append({})
+            filled = 0
         groups[-1][key] = tensor
+        filled += size
     files = shard_names(path, len(groups))
     metadata = {"config": json.dumps(config), "task": config["task"], "format": "dmiai-diffusion-slim-v1"}
     if meta:
