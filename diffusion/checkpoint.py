@@ -146,7 +146,9 @@ def load_slim(path: str | Path, expected_task: str | None = None) -> tuple[dict[
         for file in files:
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {path} is written in {len(files)} shards and {file.name} is "
-                                      f"missing beside it (copy every {path.stem}-*-of-*.safetensors with it)")
+                                      f"missing beside it (copy every {path.stem}-*-of-*.safetensors with it; to "
+                                      f"rename one, `python -m eval.release --checkpoint OLD --out NEW` rewrites "
+                                      f"every shard)")
             tensors |= load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({exc})") from None
