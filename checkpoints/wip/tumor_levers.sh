@@ -9,7 +9,7 @@
 #         e^-0.3..e^0.3; off in #13's measurement, +0.008 +- 0.031, measured again with the other levers on)
 #   wide  all, with a wider and deeper network (32-256 channels, 2 layers per block), at base's compute: WIDE_STEPS
 #         steps = 1,200 x (base's seconds per step) / (wide's), the two timed side by side on one machine
-#         (`checkpoints/wip/tumor_levers.sh bench` prints the ratio)
+#         (`checkpoints/wip/tumor_levers.sh bench` prints the ratio; ROUNDS=N rounds, default 3)
 # Then each arm's threshold and component size are cross-fitted on fold 0's 30 held-out patients
 # (`eval.calibrate --split val --cross-fit 5`: every patient scored with a setting chosen on the others), one harness
 # run for the table: `ARMS=... bash checkpoints/wip/tumor_levers.sh eval`.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 ARMS=${ARMS:-base synth geo all}
 WIDE='--set model.block_out_channels=[32,64,128,256] --set model.layers_per_block=2'
 if [ "${1:-}" = bench ]; then  # seconds per training step of base and wide, alternating rounds, one thread each
-  for r in 1 2 3; do for a in base wide; do
+  for r in $(seq "${ROUNDS:-3}"); do for a in base wide; do
     extra=(); [ $a = wide ] && extra=($WIDE)
     OMP_NUM_THREADS=1 timeout 900 python train_diffusion.py --config configs/tumor_folds_cpu.yaml --out /tmp/bench_$a \
         --data-root ../shared/data --set data.fold=0 --set train.max_steps=21 --set train.log_every=5 --set train.val_every=1000 \
