@@ -24,7 +24,7 @@ if [ "${1:-}" = bench ]; then  # seconds per training step of base and wide, alt
     extra=(); [ $a = wide ] && extra=($WIDE)
     OMP_NUM_THREADS=1 timeout 900 python train_diffusion.py --config configs/tumor_folds_cpu.yaml --out /tmp/bench_$a \
         --data-root ../shared/data --set data.fold=0 --set train.max_steps=21 --set train.log_every=5 --set train.val_every=1000 \
-        --set train.checkpoint_every=1000 "${extra[@]}" 2>/dev/null | tail -0
+        --set train.checkpoint_every=1000 "${extra[@]}" > /dev/null 2>&1
     python -c "import json,sys; r=[json.loads(l) for l in open('/tmp/bench_$a/metrics.jsonl') if 'elapsed_s' in l]; \
 print('$a', round((r[-1]['elapsed_s']-r[0]['elapsed_s'])/(r[-1]['step']-r[0]['step']),2), 's/step')"
     rm -rf /tmp/bench_$a
