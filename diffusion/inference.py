@@ -220,33 +220,36 @@ class Predictor:
                seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
         """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e) and
-        draws its later noise from its own generator, so a member does not depend on the batch. With `flip_members` (config `sample.flip`), odd members see the horizontally mirrored input (test-time
-        flip augmentation inside the ensemble). Returns x0 (N*E, C, H, W) float32 on the CPU."""
+        draws its later noise from its own generator, so a member does not depend on the batch. With `flip_members`
+        (config `sample.flip`), the odd-numbered members (network m's member e is number m * E + e) see the
+        horizontally mirrored input (test-time flip augmentation inside the ensemble): each network's pair with
+        E = 2, every other network with E = 1. Returns x0 (N*E*networks, C, H, W) float32 on the CPU."""
         self.check_spec(spec)
-        flip = self.flip_members and ensemble > 1
-        flipped = (torch.arange(len(seeds) * ensemble, device=self.device) % 2 == 1).view(-1, 1, 1, 1)
+        flip = self.flip_members and self.members(ensemble) > 1
 
-        def rep(t: torch.Tensor | None, spatial: bool = True) -> torch.Tensor | None:
+        def rep(t: torch.Tensor | None, flipped: torch.Tensor | None = None) -> torch.Tensor | None:
             if t is None:
                 return None
             t = repeat(t.to(self.device), "n ... -> (n e) ...", e=ensemble)
-            return torch.where(flipped, t.flip(-1), t) if flip and spatial else t
+            return t if flipped is None else torch.where(flipped, t.flip(-1), t)
 
-        cond_e = rep(cond)
-        known = None if known_x0 is None else {"x0": rep(known_x0), "mask": rep(known_mask)}
         outputs = []
         for m, model in enumerate(self.models):  # network m's members are numbered m * ensemble + e
             members = [m * ensemble + e for e in range(ensemble)]
+            flipped = (torch.tensor(members * len(seeds), device=self.device) % 2 == 1).view(-1, 1, 1, 1) \
+                if flip else None
+            cond_e = rep(cond, flipped)
+            known = None if known_x0 is None else {"x0": rep(known_x0, flipped), "mask": rep(known_mask, flipped)}
             noise = sample_noise((self.task.target_channels, *cond.shape[-2:]),
                                  [s * 1000 + e for s in seeds for e in members]).to(self.device)
             generator = member_generators(self.device, seeds, ensemble, first=m * ensemble)
             timesteps = spaced_timesteps(model.num_train_timesteps, spec.steps)
             with autocast_for(self.device, self.bf16):
                 x0 = SAMPLERS[spec.name](model, noise, timesteps,
-                                         extra_args={"cond": cond_e, "class_labels": rep(labels, spatial=False)},
+                                         extra_args={"cond": cond_e, "class_labels": rep(labels)},
                                          known=known, generator=generator, callback=callback, **spec.knobs())
             x0 = x0.float()
-            if flip:  # odd members saw the mirrored input: mirror their answer back
+            if flipped is not None:  # odd members saw the mirrored input: mirror their answer back
                 x0 = torch.where(flipped, x0.flip(-1), x0)
             outputs.append(rearrange(x0.cpu(), "(n e) ... -> n e ...", e=ensemble))
         return rearrange(torch.cat(outputs, 1), "n e ... -> (n e) ...")

@@ -101,24 +101,24 @@ def test_noise_is_per_sample_seeded():
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
 
 
+class Echo(torch.nn.Module):
+    """A network that answers with its condition's first channel and records what it saw."""
+    num_train_timesteps = 1000
+    alphas_cumprod = torch.linspace(0.999, 0.001, 1000)
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(1, 1)
+        self.seen = []
+
+    def forward(self, x, t, cond=None, class_labels=None):
+        self.seen.append(cond.clone())
+        return cond[:, :1], torch.zeros_like(x)
+
+
 def test_flip_members_see_the_mirrored_input_and_are_mirrored_back():
-    """A model that answers with its condition's first channel: flipped members must come back unmirrored."""
-    import torch
-
+    """Flipped members must come back unmirrored."""
     from diffusion.inference import Predictor
-
-    class Echo(torch.nn.Module):
-        num_train_timesteps = 1000
-        alphas_cumprod = torch.linspace(0.999, 0.001, 1000)
-
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Linear(1, 1)
-            self.seen = []
-
-        def forward(self, x, t, cond=None, class_labels=None):
-            self.seen.append(cond.clone())
-            return cond[:, :1], torch.zeros_like(x)
 
     config = {"task": "tumor", "model": {"block_out_channels": [8]}, "sample": {"flip": True}}
     predictor = Predictor(Echo(), config, bf16=False)
@@ -129,6 +129,31 @@ def test_flip_members_see_the_mirrored_input_and_are_mirrored_back():
     seen = predictor.denoiser.seen[0]
     assert torch.equal(seen[0], cond[0]) and torch.equal(seen[1], cond[0].flip(-1))  # member 1 saw the mirror
     assert torch.equal(x0[0], cond[0, :1]) and torch.equal(x0[1], cond[0, :1])       # both answers unmirrored
+
+
+def test_with_one_member_per_network_every_other_network_sees_the_mirror():
+    """A fold ensemble sampled with one member per network keeps the flip augmentation across its networks (members
+    numbered network by network); two members per network keep each network's own pair. Two inputs, so the
+    member layout inside a batch (input-major) is checked too."""
+    from diffusion.inference import Predictor
+    from samplers import SamplerSpec
+
+    config = {"task": "tumor", "model": {"block_out_channels": [8]}, "sample": {"flip": True}}
+    cond = torch.arange(16.0).view(2, 1, 2, 4).repeat(1, 2, 1, 1)
+    for ensemble, expected in [(1, [[False], [True], [False]]), (2, [[False, True]] * 3)]:
+        nets = [Echo(), Echo(), Echo()]
+        x0 = Predictor(nets, config, bf16=False).sample(cond, None, SamplerSpec("ddim", 1), ensemble, [0, 1])
+        for net, flips in zip(nets, expected):
+            seen = net.seen[0]                                     # (inputs x members, C, H, W), input-major
+            for i in range(2):
+                for e, flipped in enumerate(flips):
+                    want = cond[i].flip(-1) if flipped else cond[i]
+                    assert torch.equal(seen[i * ensemble + e], want), (ensemble, nets.index(net), i, e)
+        assert x0.shape[0] == 2 * 3 * ensemble
+        assert torch.equal(x0, cond[:, :1].repeat_interleave(3 * ensemble, 0))  # every answer unmirrored
+    single = Predictor(Echo(), config, bf16=False)                  # one network, one member: nothing to pair
+    single.sample(cond, None, SamplerSpec("ddim", 1), 1, [0, 1])
+    assert torch.equal(single.denoiser.seen[0], cond)
 
 
 def tiny_denoiser(prediction_type: str = "sample", cond_channels: int = 2, classes: int | None = None):
