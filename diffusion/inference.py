@@ -219,9 +219,9 @@ class Predictor:
     def sample(self, cond: torch.Tensor, labels: torch.Tensor | None, spec: SamplerSpec, ensemble: int,
                seeds: list[int], known_x0: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
-        """E samples per input, input-major: member e of input i starts from the noise seeded (seeds[i], e) and
-        draws its later noise from its own generator, so a member does not depend on the batch. With `flip_members`
-        (config `sample.flip`), the odd-numbered members (network m's member e is number m * E + e) see the
+        """E samples per input and network, input-major: member k of input i (network m's member e is k = m * E + e)
+        starts from the noise seeded (seeds[i], k) and draws its later noise from its own generator, so a member does
+        not depend on the batch. With `flip_members` (config `sample.flip`), the odd-numbered members see the
         horizontally mirrored input (test-time flip augmentation inside the ensemble): each network's pair with
         E = 2, every other network with E = 1. Returns x0 (N*E*networks, C, H, W) float32 on the CPU."""
         self.check_spec(spec)
