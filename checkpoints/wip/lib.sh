@@ -4,15 +4,20 @@ code_snapshot() {  # code_snapshot NAME: /tmp/NAME_<commit>, the code as committ
   [ -d "$code" ] || { mkdir -p "$code.part" && git archive HEAD | tar -x -C "$code.part" && mv "$code.part" "$code"; }
   echo "$code"
 }
-until_minutes() {  # until_minutes: the --max-minutes arguments for UNTIL (a clock time; one already past means tomorrow)
+# UNTIL (a clock time) is read once, when the recipe starts: one already past then means tomorrow, but a run of the
+# chain that starts after it is not started (it would otherwise train until tomorrow's UNTIL).
+if [ -n "${UNTIL:-}" ] && [ -z "${UNTIL_EPOCH:-}" ]; then
+  UNTIL_EPOCH=$(date -d "$UNTIL" +%s); [ "$UNTIL_EPOCH" -gt "$(date +%s)" ] || UNTIL_EPOCH=$(date -d "tomorrow $UNTIL" +%s)
+fi
+until_minutes() {  # until_minutes: the --max-minutes arguments for UNTIL (0 when it has passed)
   [ -n "${UNTIL:-}" ] || return 0
-  local stop
-  stop=$(date -d "$UNTIL" +%s); [ "$stop" -gt "$(date +%s)" ] || stop=$(date -d "tomorrow $UNTIL" +%s)
-  echo --max-minutes $(( (stop - $(date +%s)) / 60 ))
+  local left=$(( (UNTIL_EPOCH - $(date +%s)) / 60 ))
+  echo --max-minutes $(( left > 0 ? left : 0 ))
 }
 train_run() {  # train_run CONFIG OUT STEPS [args...]: one run of $CODE, resumed from runs/ or the committed slim weights
   local config=$1 out=$2 steps=$3; shift 3
   [ -f "$out/checkpoints/step_$(printf %07d "$steps").pt" ] && return 0
+  [ "$(until_minutes)" != "--max-minutes 0" ] || { echo "$out: not started, UNTIL=$UNTIL has passed" >&2; return 0; }
   local resume=() wip=checkpoints/wip/$(basename "$out")_last.safetensors
   if ls "$out"/checkpoints/step_*.pt >/dev/null 2>&1; then resume=(--resume latest)
   elif [ -f "$wip" ]; then resume=(--continue-schedule); set -- "$@" --init "$wip"
