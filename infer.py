@@ -35,7 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--sampler", default=None, help=f"one of {', '.join(SAMPLERS)} (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--jumps", type=int, default=None, help=f"RePaint jump_n_sample (default {REPAINT_JUMPS})")
-    p.add_argument("--ensemble", type=int, default=None, help="samples per input, median-reduced")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help="samples per input and network, median-reduced (default: the checkpoint's sample.ensemble; "
+                        "one on inputs larger than its sample.ensemble_max_pixels, if set)")
     p.add_argument("--flip", default=None, choices=["on", "off"],
                    help="odd ensemble members see the mirrored input (default: the checkpoint's sample.flip)")
     p.add_argument("--interval", type=float, default=None, metavar="LEVEL",
@@ -74,9 +76,9 @@ def main(argv=None) -> int:
         predictor.flip_members = args.flip == "on"
     model_spec, model_ensemble = predictor.default_spec()
     spec = resolve_spec(model_spec, args.sampler, args.steps, args.jumps)
+    if args.ensemble is not None and args.ensemble < 1:
+        raise UserError(f"--ensemble must be >= 1, got {args.ensemble}")
     ensemble = args.ensemble or model_ensemble
-    if ensemble < 1:
-        raise UserError(f"--ensemble must be >= 1, got {ensemble}")
     out = Path(args.out or f"out/{task.name}")
     if args.interval is not None and not 0 < args.interval < 1:
         raise UserError(f"--interval {args.interval}: a level in (0, 1), e.g. 0.8")
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
             f"the ensemble's interval widened by {margins[args.interval]:g} (fitted on calibration patients)"
             if args.interval in margins else "the raw quantiles of the ensemble, not calibrated (they cover less "
             "than the level says; python -m eval.calibrate_interval fits a margin)"), file=sys.stderr)
-    metrics = evaluate(predictor, args.data_root, spec, ensemble, split=args.split, limit=args.limit,
+    metrics = evaluate(predictor, args.data_root, spec, args.ensemble, split=args.split, limit=args.limit,
                        include_extra=args.include_controls, seed=args.seed, out=out, interval=args.interval)
     print(metrics.pop("data"), file=sys.stderr)
     print(metrics["selection"], file=sys.stderr)

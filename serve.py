@@ -113,9 +113,10 @@ class Service:
     def parse(self, request) -> dict:
         return self.task.codec.parse_request(request)
 
-    def default_plan(self) -> Plan:
+    def default_plan(self, inputs: dict | None = None) -> Plan:
+        """The checkpoint's own setting; for `inputs`, the ensemble their size gets (`Predictor.ensemble_for`)."""
         spec, ensemble = self.predictor.default_spec()
-        return Plan(spec, ensemble)
+        return Plan(spec, ensemble if inputs is None else self.predictor.ensemble_for(inputs))
 
     def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
         prediction = self.predictor.predict_one(inputs, spec=plan.spec, ensemble=plan.ensemble, seed=0,
@@ -175,7 +176,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
                 log.info("request %s dropped: client disconnected while queued", request_id)
                 return JSONResponse({"detail": "client disconnected"}, status_code=499)
             # the budget counts from the request's arrival: time spent queued leaves less for sampling
-            default = service.default_plan()
+            default = service.default_plan(inputs)
             scale = input_pixels(inputs) / reference_pixels
             plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived, scale=scale)
             cancel = threading.Event()

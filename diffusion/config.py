@@ -147,6 +147,9 @@ class SampleConfig(_Section):                     # default inference settings s
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # tumor: probability threshold, chosen on calibration patients
     min_component: int = Field(0, ge=0)           # tumor: drop predicted components smaller than this (pixels)
     flip: bool = False                            # odd ensemble members see the mirrored input (flip TTA)
+    ensemble_max_pixels: int | None = Field(None, ge=1)  # an input of more pixels (its largest image) gets one
+    # member per network instead of `ensemble`: the time budget as a rule of the input's size, so that what is
+    # scored is what is served; null: every input gets `ensemble`
     interval_margins: dict[str, float] = Field(default_factory=dict)  # CT: conformal margin (grey levels) per
     # interval level, fitted by eval.calibrate_interval on calibration patients; valid for this section's sampler,
     # steps, ensemble and flip only

@@ -104,7 +104,7 @@ def level_bounds(members, level: float, grid: float | None, margins: dict[float,
     return lower - widen, upper + widen
 
 
-def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int,
+def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], spec: SamplerSpec, ensemble: int | None,
               seed: int = 0, out: Path | None = None, overview: Path | None = None, progress: bool = True,
               interval: float | None = None) -> dict:
     """Predict every case (one at a time, each with its own seed: memory does not grow with the data, and a case's
@@ -112,12 +112,15 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     them when the data has the truth, and draw the first few cases to `overview` (default out/overview.png).
     `interval` (e.g. 0.8): also the per-pixel central interval of the ensemble, written as interval_lower/ and
     interval_upper/ images, and, with the truth, its coverage and width over the task's predicted pixels (and the
-    coverage at `COVERAGE_LEVELS`: out/interval.png). Returns the metrics (also written to out/metrics.json)."""
+    coverage at `COVERAGE_LEVELS`: out/interval.png). `ensemble` None: each case gets the checkpoint's own
+    (`Predictor.ensemble_for`, which may depend on its size). Returns the metrics (also written to out/metrics.json)."""
     has_truth = task.layout.has_truth(root, cases)
     if interval is not None and not task.report.has_intervals:
         raise UserError(f"--interval: the {task.name} task has no per-pixel intervals")
     coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
         if interval is not None else {}
+    rule = predictor.config["sample"].get("ensemble_max_pixels") if ensemble is None else None
+    ensemble = int(predictor.config["sample"]["ensemble"]) if ensemble is None else ensemble
     margins = calibrated_margins(predictor, spec, ensemble) if interval is not None else {}
     score = predictor.config["sample"].get("interval_score", "shift")
     records, seconds, rows, titles = [], [], [], []
@@ -125,7 +128,8 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
         start = time.perf_counter()  # the time a served request would take: reading the PNGs included
         example = task.layout.read_case(root, case, has_truth)
-        prediction = predictor.predict_one(example.inputs, spec=spec, ensemble=ensemble, seed=case_seed(case.id, seed))
+        members = predictor.ensemble_for(example.inputs, None if rule else ensemble)
+        prediction = predictor.predict_one(example.inputs, spec=spec, ensemble=members, seed=case_seed(case.id, seed))
         image = task.output_image(prediction)
         seconds.append(time.perf_counter() - start)
         if out is not None:
@@ -142,7 +146,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
                     for key, value in interval_stats(*level_bounds(prediction.members, level, grid, margins, score),
                                                      example.truth, where).items():
                         totals_[key] += value
-        record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1]}
+        record = {"id": case.id, "patient": case.patient, "seconds": seconds[-1], "ensemble": members}
         if task.layout.extra_name:
             record[task.layout.extra_name] = case.extra
         if has_truth:
@@ -156,7 +160,8 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
             rows.append(task.report.overview_row(example, prediction, image, record))
             titles.append(case.id + (f" {task.metric.upper()} {record[task.metric]:.2f}" if has_truth else ""))
     metrics = {"task": task.name, "n": len(records), "checkpoint": predictor.checkpoint, "sampler": str(spec),
-               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble, "flip": predictor.flip_members,
+               "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble,
+               **({"ensemble_max_pixels": rule} if rule else {}), "flip": predictor.flip_members,
                **{key: predictor.config["sample"][key] for key in task.decision_settings},
                "seconds_per_image": timing_summary(seconds)}
     if has_truth:
@@ -200,7 +205,7 @@ def score_folder(task: Task, pred_dir: Path, root: Path, cases: list[Case]) -> d
     return {"task": task.name, "n": len(records), "predictions": str(pred_dir), **summary, "cases": records}
 
 
-def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int, split: str = "all",
+def evaluate(predictor: Predictor, data_root, spec: SamplerSpec, ensemble: int | None, split: str = "all",
              limit: int | None = None, include_extra: bool = False, seed: int = 0, out: Path | None = None,
              progress: bool = True, interval: float | None = None) -> dict:
     """The cases of a data root that (split, limit, extra cases) select, predicted and scored: shared by infer.py

@@ -115,6 +115,11 @@ def member_generators(device: torch.device, seeds: list[int], ensemble: int, fir
             for e in range(first, first + ensemble)]
 
 
+def case_pixels(inputs: dict) -> int:
+    """An input's size: the pixels of its largest image (what a network evaluation's time grows with)."""
+    return max((value.size for value in inputs.values() if isinstance(value, np.ndarray)), default=0)
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has bf16 kernels on this CPU (AVX-512 and up). Without them (an AVX2-only CPU) bf16 autocast
     is emulated: a training step of configs/ct_regress_cpu.yaml took 153 s against 25 s in fp32 (README,
@@ -203,6 +208,16 @@ class Predictor:
         except ValueError as exc:
             raise UserError(f"{self.checkpoint or 'this model'}: its sample setting is not a sampler ({exc})") from None
 
+    def ensemble_for(self, inputs: dict, ensemble: int | None = None) -> int:
+        """The members per network an input gets: `ensemble` when given; otherwise the checkpoint's own
+        (`sample.ensemble`), and one for an input of more pixels than `sample.ensemble_max_pixels` (the time budget
+        as a rule of the input's size: a fold ensemble's tallest images get one pass per network)."""
+        if ensemble is not None:
+            return ensemble
+        sample = self.config["sample"]
+        limit = sample.get("ensemble_max_pixels")
+        return 1 if limit and case_pixels(inputs) > int(limit) else int(sample["ensemble"])
+
     def check_spec(self, spec: SamplerSpec) -> None:
         """A distilled student samples only at the step count it was distilled for, the regressor only as
         `regressor:1`, and a regressor checkpoint with nothing else."""
@@ -258,10 +273,10 @@ class Predictor:
     def predict_one(self, inputs: dict, spec: SamplerSpec | None = None, ensemble: int | None = None,
                     seed: int = 0, callback=None) -> Prediction:
         """One case's inputs (as `Task.layout.read_case` and `Task.codec.parse_request` give them) -> its prediction: the
-        checkpoint's default sampler and ensemble unless given; `seed` seeds the members' noise; `callback(state)`
-        after every sampler step (it may raise to stop sampling)."""
-        default_spec, default_ensemble = self.default_spec()
-        spec, ensemble = spec or default_spec, ensemble or default_ensemble
+        checkpoint's default sampler and ensemble unless given (`ensemble_for`: the default depends on the input's
+        size when the checkpoint says so); `seed` seeds the members' noise; `callback(state)` after every sampler step
+        (it may raise to stop sampling)."""
+        spec, ensemble = spec or self.default_spec()[0], self.ensemble_for(inputs, ensemble)
         encoded = self.task.encode(inputs, self.multiple)
         known = encoded.known or {}
         x0 = self.sample(encoded.cond, encoded.labels, spec, ensemble, [seed], known_x0=known.get("x0"),

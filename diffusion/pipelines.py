@@ -158,9 +158,8 @@ class DMIAIPipeline(DiffusionPipeline):
         predictor = self.predictor(bf16)
         if flip is not None:
             predictor = predictor.with_sample(flip=flip)
-        model_spec, model_ensemble = predictor.default_spec()
-        spec = resolve_spec(model_spec, sampler, steps)
-        prediction = predictor.predict_one(inputs, spec=spec, ensemble=ensemble or model_ensemble, seed=seed,
+        spec = resolve_spec(predictor.default_spec()[0], sampler, steps)
+        prediction = predictor.predict_one(inputs, spec=spec, ensemble=ensemble, seed=seed,
                                            callback=None)
         return DMIAIPipelineOutput(prediction=predictor.task.output_image(prediction),
                                    uncertainty=prediction.uncertainty, probability=prediction.probability)

@@ -7,7 +7,7 @@
 
 A variant is comma-separated KEY=VALUE pairs: `name`, `checkpoint` (default: the task's released one) and any of the
 checkpoint's `sample` settings to override: sampler=ddim:4 (NAME:STEPS, repaint:STEPSxJUMPS), ensemble=8, flip=0|1,
-threshold=0.4, min_component=25. Every variant runs infer.py's loop (`diffusion.evaluate.run_cases`) on the same
+threshold=0.4, min_component=25, ensemble_max_pixels=240000. Every variant runs infer.py's loop (`diffusion.evaluate.run_cases`) on the same
 cases: `--split` refers to the checkpoints' own patient-level split, and the variants must agree on it.
 
 Writes results.csv and results.md (per variant: the task's metric with its standard error over patients, the paired
@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, run_cli
@@ -35,7 +36,8 @@ from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
 
-SETTING_TYPES = {"ensemble": int, "steps": int, "jumps": int, "min_component": int, "threshold": float}
+SETTING_TYPES = {"ensemble": int, "steps": int, "jumps": int, "min_component": int, "threshold": float,
+                 "ensemble_max_pixels": int}
 
 
 def parse_flag(text: str) -> bool:
@@ -118,8 +120,11 @@ def table_rows(task, names: list[str], results: list[dict]) -> list[dict]:
         diff, diff_se = patient_mean_se([r[metric] - reference[r["id"]] for r in scored],
                                         [r["patient"] for r in scored])
         timing = result["seconds_per_image"]
+        # members per case: the size rule (ensemble_max_pixels) may give a tall case fewer
+        nfe = result["nfe"] * float(np.mean([r["ensemble"] for r in result["cases"]]))
         rows.append({"variant": name, "checkpoint": result["checkpoint"], "sampler": result["sampler"],
-                     "nfe": result["nfe"] * result["ensemble"], "ensemble": result["ensemble"], "flip": result["flip"],
+                     "nfe": int(nfe) if nfe.is_integer() else round(nfe, 2),
+                     "ensemble": result["ensemble"], "flip": result["flip"],
                      **({"threshold": result["threshold"]} if "threshold" in result else {}),
                      "cases": len(scored), "patients": len({r["patient"] for r in scored}),
                      metric: round(mean, 4), f"{metric}_se": round(se, 4),
@@ -178,8 +183,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for name, predictor in tqdm(list(zip(names, predictors)), desc="variants"):
-        spec, ensemble = predictor.default_spec()
-        results.append(run_cases(task, predictor, root, cases, spec, ensemble, seed=args.seed, progress=False))
+        spec, _ = predictor.default_spec()  # and each case's own ensemble (Predictor.ensemble_for)
+        results.append(run_cases(task, predictor, root, cases, spec, None, seed=args.seed, progress=False))
         tqdm.write(f"{name}: {task.metric} {results[-1][task.metric]:.4f} ± {results[-1][task.metric + '_se']:.4f}")
     rows = table_rows(task, names, results)
     with open(out / "results.csv", "w", newline="") as f:

@@ -194,6 +194,26 @@ def test_eval_score_reproduces_infer_exactly(trained_tiny, trained_tumor_tiny, t
         assert [c[metric] for c in cases] == [c[metric] for c in inferred["cases"]]
 
 
+def test_run_cases_gives_each_case_the_ensemble_of_its_size(trained_tumor_tiny):
+    """Without an explicit ensemble each case is sampled (and recorded) with the checkpoint's size rule; an explicit
+    one applies to every case."""
+    from diffusion.evaluate import run_cases
+    from diffusion.inference import load_predictor
+
+    task = get_task("tumor")
+    root = trained_tumor_tiny.parent / "data" / "tumor-segmentation"
+    cases = task.layout.list_cases(root)
+    rows = [read_png(root / "patients" / "imgs" / f"{c.id}.png").shape[0] for c in cases]
+    limit = 400 * sorted(rows)[len(rows) // 2]                                     # the middle image's size
+    predictor = load_predictor("tumor", trained_tumor_tiny / "last.safetensors")
+    rule = predictor.with_sample(ensemble=2, ensemble_max_pixels=limit)
+    metrics = run_cases(task, rule, root, cases, rule.default_spec()[0], None, progress=False)
+    assert [r["ensemble"] for r in metrics["cases"]] == [1 if 400 * h > limit else 2 for h in rows]
+    assert 1 in [r["ensemble"] for r in metrics["cases"]] and metrics["ensemble_max_pixels"] == limit
+    metrics = run_cases(task, rule, root, cases, rule.default_spec()[0], 2, progress=False)
+    assert [r["ensemble"] for r in metrics["cases"]] == [2] * len(cases) and "ensemble_max_pixels" not in metrics
+
+
 def test_eval_score_scores_hand_made_predictions(ct_root, tumor_root, tmp_path):
     """Predictions made by another method: the CT truth itself (MAE 0) and an all-black slice (MAE = the mean
     grey level); the tumor label itself (Dice 1) and an empty mask (Dice 0)."""

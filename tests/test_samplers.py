@@ -156,6 +156,30 @@ def test_with_one_member_per_network_every_other_network_sees_the_mirror():
     assert torch.equal(single.denoiser.seen[0], cond)
 
 
+def test_inputs_larger_than_ensemble_max_pixels_get_one_member_per_network():
+    """The size rule of `sample.ensemble_max_pixels`: the checkpoint's ensemble up to that many pixels, one pass per
+    network above (every other network on the mirror), an explicit ensemble as asked, and no rule without the key."""
+    import numpy as np
+
+    from diffusion.inference import Predictor
+
+    sample = {"sampler": "regressor", "steps": 1, "flip": True, "ensemble": 2, "ensemble_max_pixels": 100}
+    config = {"task": "tumor", "model": {"block_out_channels": [8]}, "diffusion": {"objective": "regress"},
+              "sample": sample}
+    small = {"image": np.arange(100, dtype=np.uint8).reshape(10, 10)}             # 100 pixels
+    large = {"image": np.arange(128, dtype=np.uint8).reshape(16, 8)}              # 128 pixels
+    nets = [Echo(), Echo()]
+    predictor = Predictor(nets, config, bf16=False)
+    for inputs, ensemble, members in [(small, None, 2), (large, None, 1), (large, 2, 2), (small, 1, 1)]:
+        assert predictor.ensemble_for(inputs, ensemble) == members
+        predictor.predict_one(inputs, ensemble=ensemble)
+        assert [net.seen[-1].shape[0] for net in nets] == [members, members], (inputs["image"].shape, ensemble)
+    image = nets[1].seen[-1][0, 0]
+    assert torch.equal(nets[0].seen[-1][0, 0], image.flip(-1))  # one pass each: the second network saw the mirror
+    assert Predictor(nets, {**config, "sample": {**sample, "ensemble_max_pixels": None}}, bf16=False) \
+        .ensemble_for(large) == 2
+
+
 def tiny_denoiser(prediction_type: str = "sample", cond_channels: int = 2, classes: int | None = None):
     from diffusion.denoiser import Denoiser
     from diffusion.network import build_unet

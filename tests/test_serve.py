@@ -144,6 +144,20 @@ def test_the_service_plans_each_request_at_its_own_size(trained_tumor_tiny):
     assert image.shape[0] == 437 and seen == [pytest.approx(437 / 991)]  # the request's rows over the tallest
 
 
+def test_the_service_gives_inputs_over_ensemble_max_pixels_one_member_per_network(trained_tumor_tiny):
+    """The checkpoint's size rule is what the service starts from (before any deadline cut): a short image gets the
+    ensemble of 2, a taller one (over 400 x 450 pixels) one member."""
+    from tests.conftest import make_pet_case
+
+    predictor = Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    service = serve.Service(predictor.with_sample(ensemble=2, ensemble_max_pixels=400 * 450))
+    with TestClient(serve.create_app(service, seconds_per_nfe=1e-4)) as c:
+        for rows, members in [(437, 2), (463, 1)]:
+            image, _ = make_pet_case(np.random.default_rng(0), rows)
+            r = c.post("/predict", json={"img": b64(image)})
+            assert r.status_code == 200 and r.headers["x-sampler"].endswith(f"E={members}"), (rows, r.headers)
+
+
 @pytest.fixture(scope="module")
 def tumor_client(trained_tumor_tiny):
 
