@@ -119,16 +119,17 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
         raise UserError(f"--interval: the {task.name} task has no per-pixel intervals")
     coverage = {level: {"pixels": 0, "covered": 0, "width": 0.0} for level in {*COVERAGE_LEVELS, interval}} \
         if interval is not None else {}
-    rule = predictor.config["sample"].get("ensemble_max_pixels") if ensemble is None else None
-    ensemble = int(predictor.config["sample"]["ensemble"]) if ensemble is None else ensemble
+    requested, sample = ensemble, predictor.config["sample"]  # None: each case its own (Predictor.ensemble_for)
+    rule = sample.get("ensemble_max_pixels") if requested is None else None
+    ensemble = int(sample["ensemble"]) if requested is None else requested
     margins = calibrated_margins(predictor, spec, ensemble) if interval is not None else {}
-    score = predictor.config["sample"].get("interval_score", "shift")
+    score = sample.get("interval_score", "shift")
     records, seconds, rows, titles = [], [], [], []
     totals: dict[str, list[float]] = {}
     for case in tqdm(cases, desc=f"{task.name} ({spec}, E={ensemble})", disable=not progress):
         start = time.perf_counter()  # the time a served request would take: reading the PNGs included
         example = task.layout.read_case(root, case, has_truth)
-        members = predictor.ensemble_for(example.inputs, None if rule else ensemble)
+        members = predictor.ensemble_for(example.inputs, requested)
         prediction = predictor.predict_one(example.inputs, spec=spec, ensemble=members, seed=case_seed(case.id, seed))
         image = task.output_image(prediction)
         seconds.append(time.perf_counter() - start)
@@ -162,7 +163,7 @@ def run_cases(task: Task, predictor: Predictor, root: Path, cases: list[Case], s
     metrics = {"task": task.name, "n": len(records), "checkpoint": predictor.checkpoint, "sampler": str(spec),
                "steps": spec.steps, "nfe": spec.nfe, "ensemble": ensemble,
                **({"ensemble_max_pixels": rule} if rule else {}), "flip": predictor.flip_members,
-               **{key: predictor.config["sample"][key] for key in task.decision_settings},
+               **{key: sample[key] for key in task.decision_settings},
                "seconds_per_image": timing_summary(seconds)}
     if has_truth:
         metrics.update(summarize(task, records))

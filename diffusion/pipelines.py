@@ -159,8 +159,7 @@ class DMIAIPipeline(DiffusionPipeline):
         if flip is not None:
             predictor = predictor.with_sample(flip=flip)
         spec = resolve_spec(predictor.default_spec()[0], sampler, steps)
-        prediction = predictor.predict_one(inputs, spec=spec, ensemble=ensemble, seed=seed,
-                                           callback=None)
+        prediction = predictor.predict_one(inputs, spec=spec, ensemble=ensemble, seed=seed, callback=None)
         return DMIAIPipelineOutput(prediction=predictor.task.output_image(prediction),
                                    uncertainty=prediction.uncertainty, probability=prediction.probability)
 
