@@ -28,14 +28,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from diffusion.codec import BadInput
 from diffusion.errors import run_cli
-from diffusion.inference import load_predictor
+from diffusion.inference import case_pixels, load_predictor
 from diffusion.tasks import task_names
 from samplers import SamplerSpec
 
@@ -54,11 +53,6 @@ class Plan:
 
     def __str__(self) -> str:
         return f"{self.spec} E={self.ensemble}"
-
-
-def input_pixels(inputs: dict) -> int:
-    """The size of a request's inputs (their arrays' pixels), what an evaluation's time grows with."""
-    return sum(value.size for value in inputs.values() if isinstance(value, np.ndarray)) or 1
 
 
 class Deadline:
@@ -134,7 +128,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
     started = time.time()
     lock = asyncio.Lock()
     deadline = Deadline(budget_s, seconds_per_nfe if seconds_per_nfe is not None else service.warm_up())
-    reference_pixels = input_pixels(service.task.codec.warm_up_inputs())  # what warm_up measured at
+    reference_pixels = max(case_pixels(service.task.codec.warm_up_inputs()), 1)  # what warm_up measured at
     app.state.deadline, app.state.service = deadline, service
     request_model = service.request_model
 
@@ -177,7 +171,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
                 return JSONResponse({"detail": "client disconnected"}, status_code=499)
             # the budget counts from the request's arrival: time spent queued leaves less for sampling
             default = service.default_plan(inputs)
-            scale = input_pixels(inputs) / reference_pixels
+            scale = case_pixels(inputs) / reference_pixels
             plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived, scale=scale)
             cancel = threading.Event()
 
