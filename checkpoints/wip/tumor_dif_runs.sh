@@ -6,7 +6,6 @@
 # same patients and seeds, the choice made inside the folds:
 #   0 the diffusion release (5 networks, DDIM-1 x 4 each: 20 evaluations)
 #   1 joined with the new networks at the same 20 evaluations (10 networks x 2)
-#   2 joined at 4 members each (40), one member per network above 240,000 px (the time limit)
 # STAGES (default "train eval"), FOLDS (default 0-4), THREADS (default 2). Trains from the committed code (frozen).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
@@ -31,6 +30,6 @@ if [[ " $STAGES " == *" eval "* ]]; then
   REL=checkpoints/tumor_seg_diffusion.safetensors; NEW=$REL
   for k in 0 1 2 3 4; do NEW=$NEW+runs/tumor_dwarm_cpu$k/last.safetensors; done
   OMP_NUM_THREADS=${THREADS:-2} python -m eval.crossval --checkpoint $REL "$NEW@steps=1,ensemble=2" \
-      "$NEW@steps=1,ensemble=4,ensemble_max_pixels=240000" --data-root ../shared/data --out runs/tumor_dcv_runs \
+      --data-root ../shared/data --out runs/tumor_dcv_runs \
       --release runs/tumor_seg_diffusion_runs.safetensors > runs/tumor_dcv_runs.log 2>&1
 fi
