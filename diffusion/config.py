@@ -146,6 +146,8 @@ class SampleConfig(_Section):                     # default inference settings s
     ensemble: int = Field(1, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # tumor: probability threshold, chosen on calibration patients
     min_component: int = Field(0, ge=0)           # tumor: drop predicted components smaller than this (pixels)
+    uptake_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # tumor: keep in each component the pixels of at least this
+    # share of its peak uptake (0: off); chosen out of the scored patients with the threshold
     flip: bool = False                            # odd ensemble members see the mirrored input (flip TTA)
     ensemble_max_pixels: int | None = Field(None, ge=1)  # an input of more pixels (its largest image) gets one
     # member per network instead of `ensemble`: the time budget as a rule of the input's size, so that what is

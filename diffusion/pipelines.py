@@ -197,7 +197,8 @@ class TumorSegmentationPipeline(DMIAIPipeline):
     channels in this order: the noisy mask x_t (zeros for the deterministic segmenter), the uptake (inverted
     intensity in [-1, 1]) and the vertical position (row / 991 in [-1, 1]); no class label. The whole image is
     padded to the network's multiple and cropped back. Output: `prediction` (H, W) uint8 {0, 255} (the mean
-    probability of the ensemble over `sample.threshold`, components under `sample.min_component` pixels dropped),
+    probability of the ensemble over `sample.threshold`, components under `sample.min_component` pixels dropped, each
+    component cut to `sample.uptake_fraction` of its peak uptake),
     `probability` and `uncertainty` (the members' spread)."""
 
     task_name = "tumor"

@@ -12,7 +12,8 @@ patients, and store them with the checkpoint. Never on the patients whose score 
 
 Samples every image of the split once per checkpoint (its sampler and ensemble, the same seeds), sweeps checkpoint x
 threshold x minimum component size over the ensemble's mean probability, and writes a copy of the best checkpoint
-with the `sample.threshold` and `sample.min_component` that maximise the mean per-image Dice there. With
+with the `sample.threshold` and `sample.min_component` that maximise the mean per-image Dice there (each mask cut at
+the checkpoint's own `sample.uptake_fraction`; `eval.crossval` compares fractions as candidates). With
 `--cross-fit K` the patients are dealt into K folds and each fold is scored with the setting (checkpoint included)
 chosen on the other K-1: that mean, with its standard error over patients, is a score no patient's own truth
 selected. The report is `<out>.threshold.json`.
@@ -32,7 +33,7 @@ from diffusion.evaluate import add_split_argument
 from diffusion.inference import case_seed, load_predictor
 from diffusion.metrics import dice_score
 from diffusion.tasks import get_task
-from diffusion.tasks.tumor.postprocess import remove_small_components
+from diffusion.tasks.tumor.postprocess import remove_small_components, uptake_cut
 from eval.compare import common_cases
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -40,14 +41,20 @@ MIN_SIZES = (0, 10, 25, 50, 100, 200)
 
 
 def dice_table(probabilities: list[np.ndarray], labels: list[np.ndarray], thresholds=THRESHOLDS,
-               min_sizes=MIN_SIZES) -> np.ndarray:
-    """Per-image Dice for every (threshold, minimum component size): shape (images, thresholds, sizes)."""
+               min_sizes=MIN_SIZES, images: list[np.ndarray] | None = None, uptake_fraction: float = 0.0) -> np.ndarray:
+    """Per-image Dice for every (threshold, minimum component size): shape (images, thresholds, sizes). With
+    `uptake_fraction` > 0 each mask is also cut to that share of its components' peak uptake (`images`: the inputs'
+    PET, as `postprocess.tumor_mask` does)."""
+    if uptake_fraction > 0 and (images is None or len(images) != len(probabilities)):
+        raise ValueError("dice_table: an uptake_fraction needs the input image of every probability map")
     table = np.zeros((len(probabilities), len(thresholds), len(min_sizes)))
     for i, (probability, label) in enumerate(zip(probabilities, labels)):
         for j, t in enumerate(thresholds):
             mask = (probability > t).astype(np.uint8)
             for k, m in enumerate(min_sizes):
-                table[i, j, k] = dice_score(remove_small_components(mask, m), label)
+                kept = remove_small_components(mask, m)
+                kept = uptake_cut(kept, images[i], uptake_fraction) if uptake_fraction > 0 else kept
+                table[i, j, k] = dice_score(kept, label)
     return table
 
 
@@ -134,7 +141,9 @@ def main(argv=None) -> int:
         probabilities = [segmenter.predict_one(example.inputs, ensemble=args.ensemble,
                                                seed=case_seed(case.id)).probability
                          for case, example in tqdm(list(zip(cases, examples)), desc=f"sampling {args.split}: {path}")]
-        tables.append(dice_table(probabilities, [example.truth for example in examples]))
+        tables.append(dice_table(probabilities, [example.truth for example in examples],
+                                 images=[example.inputs["image"] for example in examples],
+                                 uptake_fraction=float(segmenter.config["sample"]["uptake_fraction"])))
     table = np.stack(tables, 1)  # (images, checkpoints, thresholds, sizes)
     index, dice = best_cell(table)
     chosen = describe(index)

@@ -7,8 +7,9 @@
 
 A variant is comma-separated KEY=VALUE pairs: `name`, `checkpoint` (default: the task's released one) and any of the
 checkpoint's `sample` settings to override: sampler=ddim:4 (NAME:STEPS, repaint:STEPSxJUMPS), ensemble=8, flip=0|1,
-threshold=0.4, min_component=25, ensemble_max_pixels=240000. Every variant runs infer.py's loop (`diffusion.evaluate.run_cases`) on the same
-cases: `--split` refers to the checkpoints' own patient-level split, and the variants must agree on it.
+threshold=0.4, min_component=25, uptake_fraction=0.3, ensemble_max_pixels=240000. Every variant runs infer.py's
+loop (`diffusion.evaluate.run_cases`) on the same cases: `--split` refers to the checkpoints' own patient-level split,
+and the variants must agree on it.
 
 Writes results.csv and results.md (per variant: the task's metric with its standard error over patients, the paired
 difference to the first variant with its standard error over patients, network evaluations, seconds per image median
@@ -37,7 +38,7 @@ from diffusion.tasks import get_task, task_names
 from samplers import parse_spec
 
 SETTING_TYPES = {"ensemble": int, "steps": int, "jumps": int, "min_component": int, "threshold": float,
-                 "ensemble_max_pixels": int}
+                 "ensemble_max_pixels": int, "uptake_fraction": float}
 
 
 def parse_flag(text: str) -> bool:

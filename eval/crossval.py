@@ -35,6 +35,14 @@ predict that fold's patients together (their probabilities averaged), e.g. the r
         "checkpoints/tumor_seg.safetensors+runs/tumor_fold0/last.safetensors+...+runs/tumor_fold4/last.safetensors" \
         --out runs/tumor_cv_runs --release runs/tumor_seg_runs.safetensors
 
+Candidates that differ only in the settings that turn the probability into the mask (`threshold`, `min_component`,
+`uptake_fraction`: `TumorTask.decision_settings`) share one prediction per patient, so a post-processing lever costs
+no network evaluation, e.g. the release against its masks cut at 0.2-0.4 of each component's peak uptake, the
+fraction chosen inside the folds with the threshold and size:
+
+    python -m eval.crossval --checkpoint checkpoints/tumor_seg.safetensors \
+        checkpoints/tumor_seg.safetensors@uptake_fraction={0.2,0.3,0.4} --out runs/tumor_cv_uptake
+
 `--release` writes the fold ensemble: one slim checkpoint holding every fold's networks (`member<k>.` keys, in
 shards of at most 25 MB when larger, `diffusion.checkpoint.save_slim`), sampled with each network's default
 ensemble (members = networks x that ensemble), the chosen threshold and component size. It has
@@ -65,6 +73,7 @@ from diffusion.figures import plot_folds
 from diffusion.inference import Predictor, build_denoiser, case_seed, load_predictor
 from diffusion.metrics import patient_mean_se
 from diffusion.tasks import get_task
+from diffusion.tasks.tumor.postprocess import tumor_mask
 from eval.calibrate import MIN_SIZES, THRESHOLDS, best_cell, compare_candidates, cross_fit, describe, dice_table
 
 SPREAD_HIGH = 0.1  # a pixel whose members' probabilities spread more than this is "uncertain"
@@ -84,21 +93,28 @@ def parse_entry(text: str) -> tuple[str, dict]:
     return path, pairs
 
 
-def fold_entries(text: str) -> list[tuple[str, Predictor, list[tuple[str, dict]]]]:
+def fold_entries(text: str, loaded: dict | None = None) -> list[tuple[str, Predictor, list[tuple[str, dict]]]]:
     """One `--checkpoint` entry as (name, predictor, [(name, meta) of each of its networks]) per fold in it: a fold
     model's slim checkpoint, or a fold ensemble's networks fold by fold (`--release` records each member's fold),
     with the entry's sample settings applied. `A+B[@settings]` joins several runs' fold models fold by fold: each
     fold's predictor holds that fold's networks of every run (an ensemble of independently trained runs), which
-    must be one network of one split."""
+    must be one network of one split. `loaded` (path -> its networks) shares the networks of a file between entries:
+    the same objects, so that predictions can be shared too."""
     paths, settings = parse_entry(text)
+    loaded = {} if loaded is None else loaded
     by_fold: dict[int, list] = {}
     several = False
     for path in paths.split("+"):
-        members = fold_members(path, expected_task="tumor")
-        several |= len(members) > 1
-        for k, (state, config, meta) in enumerate(members):
-            name = path if len(members) == 1 else f"{path} member {k}"
-            by_fold.setdefault(int(config["data"]["fold"]), []).append((name, state, config, meta))
+        if path not in loaded:
+            members = fold_members(path, expected_task="tumor")
+            loaded[path] = []
+            for k, (state, config, meta) in enumerate(members):
+                denoiser = build_denoiser(config)
+                denoiser.net.load_state_dict(state)
+                loaded[path].append((path if len(members) == 1 else f"{path} member {k}", denoiser, config, meta))
+        several |= len(loaded[path]) > 1
+        for name, denoiser, config, meta in loaded[path]:
+            by_fold.setdefault(int(config["data"]["fold"]), []).append((name, denoiser, config, meta))
     entries = []
     for fold, networks in by_fold.items():
         first, config = networks[0][0], networks[0][2]
@@ -107,10 +123,7 @@ def fold_entries(text: str) -> list[tuple[str, Predictor, list[tuple[str, dict]]
                     or other["data"]["split_seed"] != config["data"]["split_seed"]:
                 raise UserError(f"--checkpoint {text!r}: {name} is not the network and split of {first} (an "
                                 f"ensemble of runs joins the fold models of one network and one split)")
-        denoisers = [build_denoiser(member_config) for _, _, member_config, _ in networks]
-        for denoiser, (_, state, _, _) in zip(denoisers, networks):
-            denoiser.net.load_state_dict(state)
-        predictor = Predictor(denoisers, config, checkpoint=paths.split("+")[0])
+        predictor = Predictor([denoiser for _, denoiser, _, _ in networks], config, checkpoint=paths.split("+")[0])
         try:
             predictor = predictor.with_sample(**settings) if settings else predictor
         except UserError as exc:
@@ -127,8 +140,9 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, Predictor, dict]]]:
     fold models."""
     by_fold: dict[int, list] = {}
     splits = set()
+    loaded: dict = {}
     for text in paths:
-        for name, predictor, meta in fold_entries(text):
+        for name, predictor, meta in fold_entries(text, loaded):
             data = predictor.config["data"]
             if not data["folds"]:
                 raise UserError(f"{name}: not a fold model (trained with data.folds 0); train with --set "
@@ -168,6 +182,13 @@ def candidate_name(folds: list[tuple]) -> str:
     if len(texts) > 1 and len(lead) + len(tail) < min(map(len, texts)):
         return lead + "{k}" + tail + at + settings
     return texts[0] + at + settings
+
+
+def prediction_key(predictor: Predictor, decision_settings: tuple[str, ...]) -> tuple:
+    """What a predictor's probability depends on: its networks (as objects) and its sample settings other than the
+    decision settings. Two candidates with one key predict the same probability for a patient."""
+    sample = {k: v for k, v in predictor.config["sample"].items() if k not in decision_settings}
+    return tuple(map(id, predictor.models)), json.dumps(sample, sort_keys=True, default=str)
 
 
 def against(task, root, checkpoint: str, out_of_fold: dict[str, float]) -> dict:
@@ -214,28 +235,45 @@ def main(argv=None) -> int:
     truths, ids, fold_of = [], [], []
     probabilities = [[] for _ in candidates]              # [candidate][patient]
     errors = [{"high": [0, 0], "low": [0, 0]} for _ in candidates]  # [wrong, pixels] where members disagree / agree
+    images = []
     for k, (_, first, _) in enumerate(candidates[0]):
         cases, line = select_cases(task, root, first.config["data"], "val", args.limit, whose=str(first.checkpoint))
         print(f"fold {k}: {line}", file=sys.stderr)
         for case in tqdm(cases, desc=f"fold {k} out-of-fold"):
             example = task.layout.read_case(root, case, with_truth=True)
             truths.append(example.truth)
+            images.append(example.inputs["image"])
             ids.append(case.id)
             fold_of.append(k)
+            shared = {}  # candidates that differ only in their decision settings: one prediction
             for c, models in enumerate(candidates):
-                prediction = models[k][1].predict_one(example.inputs, seed=case_seed(case.id))
+                predictor = models[k][1]
+                key = prediction_key(predictor, task.decision_settings)
+                if key not in shared:
+                    shared[key] = predictor.predict_one(example.inputs, seed=case_seed(case.id))
+                prediction = shared[key]
                 probabilities[c].append(prediction.probability)
-                wrong = prediction.image.astype(bool) != example.truth.astype(bool)
+                mask = tumor_mask(prediction.probability, predictor.config["sample"], example.inputs["image"])
+                wrong = mask.astype(bool) != example.truth.astype(bool)
                 uncertain = prediction.uncertainty > SPREAD_HIGH
                 for name, pixels in (("high", uncertain), ("low", ~uncertain)):
                     errors[c][name][0] += int(wrong[pixels].sum())
                     errors[c][name][1] += int(pixels.sum())
     if len(set(ids)) != len(ids):
         raise UserError("a patient is in the held-out side of two folds: the checkpoints are not one split's folds")
-    table = np.stack([dice_table(probs, truths) for probs in probabilities], 1)  # (patients, candidates, thr, sizes)
+    fractions = []  # each candidate's uptake cut, one for all its folds (the threshold and size are chosen anew)
+    for models in candidates:
+        own = {float(predictor.config["sample"]["uptake_fraction"]) for _, predictor, _ in models}
+        if len(own) > 1:
+            raise UserError(f"{models[0][0]}: its folds cut at different uptake fractions {sorted(own)}; give the "
+                            f"candidate one with @uptake_fraction=F")
+        fractions.append(own.pop())
+    table = np.stack([dice_table(probs, truths, images=images, uptake_fraction=fraction)
+                      for probs, fraction in zip(probabilities, fractions)], 1)  # (patients, candidates, thr, sizes)
     index, pooled = best_cell(table)
     chosen = describe(index)
     pick = chosen.pop("checkpoint")
+    chosen["uptake_fraction"] = fractions[pick]
     fold = np.array(fold_of)
     fitted = cross_fit(table, len(candidates[0]), fold=fold)
     untuned = table[:, pick, list(THRESHOLDS).index(0.5), 0]

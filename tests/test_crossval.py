@@ -241,6 +241,32 @@ def test_a_fold_ensemble_stands_for_its_fold_models_and_takes_other_sample_setti
     assert load_slim(base / "jumps.safetensors")[1]["sample"]["jumps"] == 3
 
 
+def test_candidates_that_differ_only_in_post_processing_share_one_prediction(folds, monkeypatch):
+    """`@uptake_fraction` (a decision setting) reuses the networks' prediction; `@ensemble=3` (a sampler setting)
+    does not: 4 patients x 2 predictions, not x 3. Each candidate's table is made with its own cut and the
+    patients' images, and the written release keeps the chosen candidate's cut."""
+    from diffusion.inference import Predictor
+
+    base, _, _ = folds
+    ensemble = str(base / "ensemble.safetensors")
+    calls, fractions = [], []
+    predict_one, dice_table = Predictor.predict_one, crossval.dice_table
+    monkeypatch.setattr(Predictor, "predict_one", lambda self, *a, **k: calls.append(1) or predict_one(self, *a, **k))
+    monkeypatch.setattr(crossval, "dice_table", lambda probs, truths, images=None, uptake_fraction=0.0: (
+        fractions.append((uptake_fraction, len(images))) or dice_table(probs, truths, images=images,
+                                                                       uptake_fraction=uptake_fraction)))
+    assert crossval.main(["--checkpoint", ensemble, f"{ensemble}@uptake_fraction=0.3", f"{ensemble}@ensemble=3",
+                          "--data-root", str(base / "data"), "--out", str(base / "cv_cut")]) == 0
+    assert len(calls) == 4 * 2
+    assert fractions == [(0.0, 4), (0.3, 4), (0.0, 4)]
+    report = json.loads((base / "cv_cut" / "crossval.json").read_text())
+    assert len(report["candidates"]) == 3 and "uptake_fraction" in report["chosen"]
+    assert crossval.main(["--checkpoint", f"{ensemble}@uptake_fraction=0.3", "--data-root", str(base / "data"),
+                          "--out", str(base / "cv_cut1"), "--release", str(base / "cut.safetensors")]) == 0
+    assert load_slim(base / "cut.safetensors")[1]["sample"]["uptake_fraction"] == 0.3
+    assert json.loads((base / "cv_cut1" / "crossval.json").read_text())["chosen"]["uptake_fraction"] == 0.3
+
+
 @pytest.mark.parametrize("entry, message", [("x.safetensors@steps", "PATH@KEY=VALUE"),
                                             ("{ens}@colour=red", "unknown sample setting")])
 def test_a_malformed_checkpoint_entry_is_one_clear_error(folds, entry, message):

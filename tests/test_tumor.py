@@ -108,6 +108,34 @@ def test_component_filter_drops_only_small_components():
     assert np.array_equal(remove_small_components(mask, 0), mask)
 
 
+def test_the_uptake_cut_keeps_in_each_component_the_pixels_of_its_own_peak_share():
+    """Two components: A peaks at uptake 200 (pixels 200, 100, 50), B at 60 (pixels 60, 20). Cut at 0.3 of each
+    one's own peak, A loses its 50 (< 60) and B keeps its 20 (>= 18); a cut at the image's peak would drop B's 20,
+    one that read the PNG's grey value as uptake (dark is high uptake) would keep A's 50 and drop its 200."""
+    import torch
+
+    from diffusion.tasks import get_task
+    from diffusion.tasks.tumor.postprocess import tumor_mask, uptake_cut
+
+    image = np.full((10, 20), 255, np.uint8)      # background: no uptake
+    mask = np.zeros((10, 20), np.uint8)
+    for col, uptake in ((1, 200), (2, 100), (3, 50), (11, 60), (12, 20)):
+        image[4, col] = 255 - uptake
+        mask[4, col] = 255
+    out = uptake_cut(mask, image, 0.3)
+    assert out.dtype == mask.dtype
+    assert [int(out[4, c] > 0) for c in (1, 2, 3, 11, 12)] == [1, 1, 0, 1, 1]
+    assert np.array_equal(uptake_cut(mask, image, 0.0), mask)
+    # the whole post-processing: threshold, components, cut; the task's decode gives it the input image
+    probability = (mask > 0) * 0.9
+    sample = {"threshold": 0.5, "min_component": 0, "uptake_fraction": 0.3}
+    assert np.array_equal(tumor_mask(probability, sample, image), out)
+    with pytest.raises(ValueError, match="needs the input image"):
+        tumor_mask(probability, sample)
+    x0 = torch.from_numpy(probability * 2 - 1).float()[None, None]
+    assert np.array_equal(get_task("tumor").decode(x0, {"image": image}, sample).image, out)
+
+
 def test_ablation_harness_scores_tumor_by_dice(trained_tumor_tiny, tumor_root, tmp_path):
     import csv
 

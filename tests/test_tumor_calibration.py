@@ -28,6 +28,26 @@ def test_threshold_sweep_and_calibrated_checkpoint(trained_tumor_tiny, tumor_roo
     assert 0 <= report["cross_fit"]["dice"] <= report["dice"] and len(report["cross_fit"]["settings"]) == 3
 
 
+def test_the_dice_table_applies_the_uptake_cut_it_is_given():
+    """A probability map that covers the tumor and a faint rim: the cut at half the peak uptake removes the rim, so
+    the table's Dice is 1 with the cut and less without it."""
+    from eval import calibrate
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:6, 2:6] = 1
+    image = np.full((8, 8), 255, np.uint8)
+    image[1:7, 1:7] = 255 - 40     # the rim: uptake 40
+    image[2:6, 2:6] = 255 - 200    # the tumor: uptake 200
+    prob = np.zeros((8, 8))
+    prob[1:7, 1:7] = 0.9
+    cut = calibrate.dice_table([prob], [truth], images=[image], uptake_fraction=0.5)
+    plain = calibrate.dice_table([prob], [truth])
+    at = (0, list(calibrate.THRESHOLDS).index(0.5), 0)
+    assert cut[at] == 1.0 and plain[at] == pytest.approx(2 * 16 / (36 + 16))
+    with pytest.raises(ValueError, match="input image"):
+        calibrate.dice_table([prob], [truth], uptake_fraction=0.5)
+
+
 def test_cross_fitting_scores_each_image_with_a_setting_chosen_without_it():
     """Two images that want opposite thresholds: chosen on all, one setting serves both (in-sample 0.5 on
     average at best); cross-fitted, each image gets the other's setting and scores 0."""

@@ -3,7 +3,7 @@ to 991). Scored by the Dice coefficient per image, averaged over the patients (h
 
 The model side of the task: the condition, the training batch, the predictor's two hooks (`encode`, `decode`) and the
 score. Its data on disk is `layout.py` (healthy controls are its extra cases), the training crops `dataset.py`, the
-threshold and component filter `postprocess.py`, its HTTP format `codec.py`, its reports `report.py`."""
+threshold, component filter and uptake cut `postprocess.py`, its HTTP format `codec.py`, its reports `report.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -38,7 +38,7 @@ class TumorTask(Task):
     num_classes: int = 0          # no class labels
     metric: str = "dice"
     higher_is_better: bool = True
-    decision_settings: tuple[str, ...] = ("threshold", "min_component")
+    decision_settings: tuple[str, ...] = ("threshold", "min_component", "uptake_fraction")
     tumor_weight: float = 1.0     # loss weight of a tumor pixel relative to background (~1% of pixels are tumor)
     position_channel: bool = True  # the vertical-position condition channel (False: zeros)
     layout = TumorLayout()
@@ -72,7 +72,7 @@ class TumorTask(Task):
         members = crop_back((x0[:, 0].clamp(-1, 1) + 1) / 2, inputs["image"].shape)
         probability, spread = reduce_ensemble(members, "mean")
         probability = probability.numpy()
-        return Prediction(image=tumor_mask(probability, sample), uncertainty=spread.numpy(), probability=probability)
+        return Prediction(image=tumor_mask(probability, sample, inputs["image"]), uncertainty=spread.numpy(), probability=probability)
 
     def training_batch(self, batch: dict[str, torch.Tensor]):
         target = (batch["label"].float() * 2 - 1).unsqueeze(1)
