@@ -55,6 +55,9 @@ def test_the_tumor_thresholds_in_the_table_are_the_checkpoints():
         config, _ = read_slim_config(REPO / "checkpoints" / name)
         if config["task"] == "tumor":
             assert f"threshold {config['sample']['threshold']:g}" in cells[1], name
+            fraction = config["sample"]["uptake_fraction"]  # the uptake cut: stated when on, absent when off
+            assert (f"cut to {100 * fraction:g} % of its peak uptake" in cells[1]) == (fraction > 0), name
+            assert ("peak uptake" in cells[1]) == (fraction > 0), name
 
 
 def readme_commands() -> list[str]:
