@@ -37,6 +37,10 @@ class DataConfig(_Section):
     calib_patients: int = Field(0, ge=0)          # training patients held out to choose thresholds etc. on
     folds: int = Field(0, ge=0)                   # > 0: K-fold cross-validation by patient (val_patients unused)
     fold: int = Field(0, ge=0)                    # with folds: the fold held out (0..folds-1)
+    inner_folds: int = Field(0, ge=0)             # > 0: nested cross-validation: fold `fold`'s training patients
+    # dealt into this many inner folds, inner fold `inner_fold` held out as the calibration patients (never trained
+    # on), the outer fold's validation patients untouched (the score of the nested ensemble against one network)
+    inner_fold: int = Field(0, ge=0)
     crop_size: int = Field(128, ge=8)
     crop_width: Optional[int] = Field(None, ge=8)  # tumor: crop width (None: square; 400: whole-width crops)
     generated_mask_prob: float = Field(0.5, ge=0.0, le=1.0)  # ct: else a real mask of another slice
@@ -59,6 +63,11 @@ class DataConfig(_Section):
         if self.folds == 1 or (self.folds and self.fold >= self.folds):
             raise ValueError(f"folds={self.folds}, fold={self.fold}: folds is 0 (off) or >= 2, and fold is in "
                              f"0..folds-1")
+        if self.inner_folds and (not self.folds or self.inner_folds == 1 or self.inner_fold >= self.inner_folds
+                                 or self.calib_patients):
+            raise ValueError(f"inner_folds={self.inner_folds}, inner_fold={self.inner_fold}: nested folds need "
+                             f"folds >= 2, inner_folds >= 2, inner_fold in 0..inner_folds-1 and calib_patients 0 "
+                             f"(the inner fold is the calibration side)")
         return self
 
 

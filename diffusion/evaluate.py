@@ -35,8 +35,10 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     """(the cases of a data root on one side of a checkpoint's patient-level split, one line saying how many of how
     many were selected and why). `split_config`: the checkpoint's `data` section. With a limit on the held-out
     patients (`split` "val" or "calib"), the cases are spread over as many of them as possible. A fold ensemble
-    (`members` > 1 networks of a K-fold split) has no held-out side: each patient was trained on by K-1 members."""
-    if split != "all" and members > 1 and split_config and split_config.get("folds"):
+    (`members` > 1 networks of a K-fold split) has no held-out side: each patient was trained on by K-1 members; the
+    inner folds of one outer fold joined (`data.inner_folds`, `eval.join`) have it: none trained on its patients."""
+    if split != "all" and members > 1 and split_config and split_config.get("folds") \
+            and not split_config.get("inner_folds"):
         raise UserError(f"--split {split}: {whose} is a fold ensemble of {members} networks, each trained with "
                         f"another fold held out, so every patient of its split was trained on by {members - 1} of "
                         f"them and none is held out. Score it on new patients (--split all on a folder of them), or "
@@ -45,13 +47,17 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
     cases = found
     why = ["split all: every case"]
     if split != "all":
-        calib = split_config["calib_patients"]
+        calib = f"{split_config['calib_patients']} calibration patients"
         cases = split_by_config(found, split_config, split)
         folds = split_config["folds"]
         held = (f"fold {split_config['fold']} of {folds}" if folds
                 else f"{split_config['val_patients']} validation patients")
+        if split_config.get("inner_folds") and members > 1:
+            calib = f"{members} inner-fold networks joined"
+        elif split_config.get("inner_folds"):
+            calib = f"inner fold {split_config['inner_fold']} of {split_config['inner_folds']} as calibration patients"
         why = [f"split {split}: the {split} side of {whose}'s patient-level split (seed {split_config['split_seed']}, "
-               f"{held}, {calib} calibration patients)"]
+               f"{held}, {calib})"]
     if limit and split in ("val", "calib"):
         cases = [cases[i] for i in validation_subset([c.patient for c in cases], limit)]
     if limit and len(cases) > limit:

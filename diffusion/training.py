@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.checkpoint import round_to_slim
-from diffusion.data.split import split_by_config, validation_subset
+from diffusion.data.split import has_calibration, split_by_config, validation_subset
 from diffusion.evaluate import run_cases
 from diffusion.inference import Predictor, build_denoiser
 from diffusion.tasks import Case, Task
@@ -24,7 +24,7 @@ def load_training_data(task: Task, config: dict, data_root, progress: bool):
     train_cases = split_by_config(cases, dc, "train")
     # with calibration patients, in-training validation (and so best.safetensors) is chosen on them, never on the
     # validation patients whose score is reported
-    watched = "calib" if dc["calib_patients"] else "val"
+    watched = "calib" if has_calibration(dc) else "val"
     val_cases = split_by_config(cases, dc, watched)
     train_set = task.training_dataset(root, train_cases, config, progress)
     val = [val_cases[i] for i in validation_subset([c.patient for c in val_cases], tc["val_slices"])]

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion.checkpoint import load_slim, save_slim
+from diffusion.data.split import has_calibration
 from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import add_split_argument
 from diffusion.inference import case_seed, load_predictor
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     task = get_task("tumor")
     segmenters = [load_predictor(task.name, path) for path in args.checkpoint]
     for path, segmenter in zip(args.checkpoint, segmenters):
-        if args.split == "calib" and not segmenter.config["data"]["calib_patients"]:
+        if args.split == "calib" and not has_calibration(segmenter.config["data"]):
             raise UserError(f"{path}: trained without calibration patients (data.calib_patients 0): train with "
                             f"--set data.calib_patients=N, or estimate honestly with --split val --cross-fit K")
     root, _ = task.layout.resolve_root(args.data_root)

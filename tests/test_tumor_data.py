@@ -110,6 +110,34 @@ def test_folds_are_by_patient_disjoint_and_cover_every_patient_once():
     assert {len(v) for v in held} <= {4, 5}
 
 
+def test_nested_folds_split_the_outer_training_patients_and_never_touch_the_outer_validation():
+    """data.inner_folds: inside outer fold 2, the five inner folds deal its training patients once each into the
+    calibration side; each inner model trains on the rest (and the controls), never on the outer validation
+    patients, so the joined inner models still have them held out."""
+    from diffusion.config import DEFAULTS, check_config, deep_update
+    from diffusion.errors import UserError
+
+    cases = [Case(f"patient_{i:03d}_0", f"patient_{i:03d}") for i in range(40)]
+    cases += [Case(f"control_{i:03d}", f"control_{i:03d}", extra=True) for i in range(3)]
+    outer = {"val_patients": 53, "split_seed": 0, "calib_patients": 0, "folds": 5, "fold": 2}
+    side = lambda config, which: {c.patient for c in split_by_config(cases, config, which)}
+    outer_train, outer_val = side(outer, "train") - {f"control_{i:03d}" for i in range(3)}, side(outer, "val")
+    held = []
+    for j in range(5):
+        inner = {**outer, "inner_folds": 5, "inner_fold": j}
+        train, val, calib = side(inner, "train"), side(inner, "val"), side(inner, "calib")
+        assert val == outer_val and not train & outer_val and not train & calib
+        assert calib <= outer_train and (train - {f"control_{i:03d}" for i in range(3)}) | calib == outer_train
+        assert {f"control_{i:03d}" for i in range(3)} <= train
+        held.append(calib)
+    assert sorted(p for c in held for p in c) == sorted(outer_train)  # each training patient held out once
+    assert side({**outer, "inner_folds": 0}, "calib") == set()  # off: the outer split as before
+    for bad in ({"inner_folds": 5, "inner_fold": 5}, {"inner_folds": 1}, {"inner_folds": 5, "calib_patients": 3},
+                {"inner_folds": 5, "folds": 0}):
+        with pytest.raises(UserError, match="nested folds"):
+            check_config(deep_update(DEFAULTS, {"task": "tumor", "data": {"folds": 5, **bad}}))
+
+
 def test_a_fold_model_is_never_scored_on_its_own_training_patients():
     all_cases = [Case(f"patient_{i:03d}_{s}", f"patient_{i:03d}") for i in range(30) for s in range(2)]
     all_cases += [Case(f"control_{i:03d}", f"control_{i:03d}", extra=True) for i in range(4)]

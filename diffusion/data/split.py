@@ -55,12 +55,15 @@ def fold_patients(patients: list[str], folds: int, fold: int, seed: int) -> tupl
 
 
 def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_patients: int = 0, folds: int = 0,
-                fold: int = 0) -> list:
+                fold: int = 0, inner_folds: int = 0, inner_fold: int = 0) -> list:
     """The one split rule: cases (with `.patient` and `.extra`) on the `which` side ('train' | 'val' | 'calib' |
     'all'). Patients are split by `split_patients` (or, with `folds` > 0, into fold `fold` of a cross-validation:
     `fold_patients`, and `val_patients` is not used); `calib_patients` of the training patients are carved out as a
-    calibration split (never trained on, never reported: thresholds and post-processing are chosen there). Extra
-    cases (healthy controls) are never validated or calibrated on: they always train."""
+    calibration split (never trained on, never reported: thresholds and post-processing are chosen there). With
+    `inner_folds` > 0 (nested cross-validation) the calibration side is instead inner fold `inner_fold` of the
+    training patients dealt into `inner_folds` folds (`fold_patients` again, seed + 1): the inner folds' models
+    together never see the outer fold's validation patients. Extra cases (healthy controls) are never validated or
+    calibrated on: they always train."""
     if which == "all":
         return list(cases)
     if which not in ("train", "val", "calib"):
@@ -70,7 +73,10 @@ def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_pat
         train, val = fold_patients([c.patient for c in patients], folds, fold, seed)
     else:
         train, val = split_patients([c.patient for c in patients], val_patients, seed)
-    calib = set(sorted(train)[i] for i in np.random.default_rng(seed + 1).permutation(len(train))[:calib_patients])
+    if inner_folds:
+        _, calib = fold_patients(sorted(train), inner_folds, inner_fold, seed + 1)
+    else:
+        calib = set(sorted(train)[i] for i in np.random.default_rng(seed + 1).permutation(len(train))[:calib_patients])
     keep = {"train": train - calib, "val": val, "calib": calib}[which]
     chosen = [c for c in patients if c.patient in keep]
     return chosen + ([c for c in cases if c.extra] if which == "train" else [])
@@ -79,4 +85,11 @@ def split_cases(cases: list, val_patients: int, seed: int, which: str, calib_pat
 def split_by_config(cases: list, data_config: dict, which: str) -> list:
     """`split_cases` with the split a config's `data` section (a checkpoint's, or a run's) describes."""
     return split_cases(cases, data_config["val_patients"], data_config["split_seed"], which,
-                       data_config["calib_patients"], data_config["folds"], data_config["fold"])
+                       data_config["calib_patients"], data_config["folds"], data_config["fold"],
+                       data_config.get("inner_folds", 0), data_config.get("inner_fold", 0))
+
+
+def has_calibration(data_config: dict) -> bool:
+    """Whether a split has calibration patients: `calib_patients` carved from the training patients, or the held-out
+    inner fold of a nested cross-validation."""
+    return bool(data_config["calib_patients"] or data_config.get("inner_folds"))

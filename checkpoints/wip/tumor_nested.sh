@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue #27, the lever "folds 1 vs 5" (nnU-Net's fold ensemble against one network on all the training patients),
+# measured on patients neither saw: inside fold 0 of the 5-fold split, its 120 training patients dealt into five
+# inner folds (`data.inner_folds: 5`); inner model j trains on the other four inner folds' 96 patients (and every
+# control) with the fold recipe as written (configs/tumor_folds_cpu.yaml, 1,200 steps fresh: the `all` arm of the
+# lever table, which trained on all 120), runs/tumor_nest<j>. Then (stage `eval`) the five joined into one ensemble
+# (`python -m eval.join`) and scored against `all` on fold 0's 30 held-out patients in one calibration run
+# (`eval.calibrate --split val --cross-fit 5`: same images and seeds, each candidate's threshold and size
+# cross-fitted, paired over patients).
+# INNER (default "0 1 2 3 4") the inner folds to train, one after the other, THREADS (default 2) threads;
+# UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (from runs/, or from the slim weights committed as
+# checkpoints/wip/tumor_nest<j>_last.safetensors when runs/ is gone).
+set -e
+cd "$(dirname "$0")/../.." && . .venv/bin/activate
+. checkpoints/wip/lib.sh
+THREADS=${THREADS:-2}
+INNER=${INNER:-0 1 2 3 4}
+if [ "${1:-}" = eval ]; then
+  nets=(); for j in 0 1 2 3 4; do nets+=(runs/tumor_nest$j/last.safetensors); done
+  python -m eval.join --checkpoint "${nets[@]}" --out runs/tumor_nest_joined.safetensors
+  python -m eval.calibrate --checkpoint checkpoints/wip/tumor_lever_all_last.safetensors \
+      runs/tumor_nest_joined.safetensors --split val --cross-fit 5 --out runs/tumor_nest_cmp/calibrated.safetensors \
+      > runs/tumor_nest_cmp.json
+  exit 0
+fi
+CODE=$(code_snapshot tumor_nested_code)
+mkdir -p runs
+for j in $INNER; do
+  train_run configs/tumor_folds_cpu.yaml runs/tumor_nest$j 1200 --set data.fold=0 --set data.inner_folds=5 \
+      --set data.inner_fold=$j
+done
