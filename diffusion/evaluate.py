@@ -43,6 +43,9 @@ def select_cases(task: Task, root: Path, split_config: dict | None, split: str =
                         f"another fold held out, so every patient of its split was trained on by {members - 1} of "
                         f"them and none is held out. Score it on new patients (--split all on a folder of them), or "
                         f"its folds out of fold with `python -m eval.crossval`")
+    if split == "calib" and members > 1 and split_config and split_config.get("inner_folds"):
+        raise UserError(f"--split calib: {whose} joins {members} inner-fold networks, each trained on the others' "
+                        f"calibration patients, so it has none; choose its settings with --split val --cross-fit K")
     found = task.layout.list_cases(root, include_extra)
     cases = found
     why = ["split all: every case"]
