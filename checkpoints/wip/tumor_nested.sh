@@ -15,8 +15,16 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 THREADS=${THREADS:-2}
 INNER=${INNER:-0 1 2 3 4}
+weights() {  # weights J: inner model J's slim weights, from runs/ or as committed
+  [ -f runs/tumor_nest$1/last.safetensors ] && echo runs/tumor_nest$1/last.safetensors \
+      || echo checkpoints/wip/tumor_nest$1_last.safetensors
+}
+finished() {  # finished J: inner model J has its 1,200 steps (in runs/ or in the committed slim weights)
+  [ -f runs/tumor_nest$1/checkpoints/step_0001200.pt ] || python -c "import sys; from diffusion.checkpoint import \
+load_slim; sys.exit(load_slim('checkpoints/wip/tumor_nest$1_last.safetensors')[2].get('step') != 1200)" 2>/dev/null
+}
 if [ "${1:-}" = eval ]; then
-  nets=(); for j in 0 1 2 3 4; do nets+=(runs/tumor_nest$j/last.safetensors); done
+  nets=(); for j in 0 1 2 3 4; do finished $j || { echo "inner fold $j not finished" >&2; exit 1; }; nets+=($(weights $j)); done
   python -m eval.join --checkpoint "${nets[@]}" --out runs/tumor_nest_joined.safetensors
   python -m eval.calibrate --checkpoint checkpoints/wip/tumor_lever_all_last.safetensors \
       runs/tumor_nest_joined.safetensors --split val --cross-fit 5 --out runs/tumor_nest_cmp/calibrated.safetensors \
@@ -26,6 +34,7 @@ fi
 CODE=$(code_snapshot tumor_nested_code)
 mkdir -p runs
 for j in $INNER; do
+  finished $j && continue
   train_run configs/tumor_folds_cpu.yaml runs/tumor_nest$j 1200 --set data.fold=0 --set data.inner_folds=5 \
       --set data.inner_fold=$j
 done
