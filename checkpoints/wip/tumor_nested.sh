@@ -24,6 +24,27 @@ finished() {  # finished J: inner model J has its 1,200 steps (in runs/ or in th
   [ -f runs/tumor_nest$1/checkpoints/step_0001200.pt ] || python -c "import sys; from diffusion.checkpoint import \
 load_slim; sys.exit(load_slim('checkpoints/wip/tumor_nest$1_last.safetensors')[2].get('step') != 1200)" 2>/dev/null
 }
+if [ "${1:-}" = figure ]; then  # docs/tumor_folds_1_vs_5.png from the eval stage's report
+  python - runs/tumor_nest_cmp/calibrated.safetensors.threshold.json docs/tumor_folds_1_vs_5.png <<'EOF'
+import json, sys
+import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt; import numpy as np
+rows = json.load(open(sys.argv[1]))["cross_fit"]["per_checkpoint"]
+(all_arm, joined, *singles) = [np.array(r["scores"]) for r in rows.values()]
+names = ["all (120)"] + [f"inner {j} (96)" for j in range(len(singles))] + ["5 joined"]
+values = [all_arm, *singles, joined]
+fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+se = [v.std(ddof=1) / np.sqrt(len(v)) for v in values]
+a.bar(names, [v.mean() for v in values], yerr=se, color=["C0"] + ["C7"] * len(singles) + ["C3"], capsize=3)
+a.set_ylim(0.5, 0.85); a.set_ylabel("Dice (cross-fitted), fold 0's 30 patients"); a.tick_params(axis="x", rotation=30)
+a.set_title("one network on all 120 vs five on 96 each")
+b.scatter(all_arm, joined, s=18); b.plot([0, 1], [0, 1], "k:", lw=1)
+b.set_xlabel("all: one network on 120 patients"); b.set_ylabel("the five inner networks joined")
+d = joined - all_arm
+b.set_title(f"per patient: {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} (paired)")
+fig.tight_layout(); fig.savefig(sys.argv[2], dpi=110); print("wrote", sys.argv[2])
+EOF
+  exit 0
+fi
 if [ "${1:-}" = eval ]; then
   nets=(); for j in 0 1 2 3 4; do finished $j || { echo "inner fold $j not finished" >&2; exit 1; }; nets+=($(weights $j)); done
   python -m eval.join --checkpoint "${nets[@]}" --out runs/tumor_nest_joined.safetensors
