@@ -7,7 +7,8 @@
 # (`python -m eval.join`) and scored against `all` on fold 0's 30 held-out patients in one calibration run
 # (`eval.calibrate --split val --cross-fit 5`: same images and seeds, each candidate's threshold and size
 # cross-fitted, paired over patients; the five single inner networks scored beside them). Measured 2026-12-07: the
-# five joined 0.757 ± 0.033 against `all` 0.740 ± 0.037 (docs/results/tumor_segmentation.md).
+# five joined 0.757 ± 0.033 against `all` 0.740 ± 0.037 (docs/results/tumor_segmentation.md; stage `figure` draws
+# docs/tumor_folds_1_vs_5.png from the report).
 # INNER (default "0 1 2 3 4") the inner folds to train, one after the other, THREADS (default 2) threads;
 # UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (from runs/, or from the slim weights committed as
 # checkpoints/wip/tumor_nest<j>_last.safetensors when runs/ is gone).
