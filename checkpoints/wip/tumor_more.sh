@@ -5,13 +5,15 @@
 # learning rate LR, other random draws: seed 1) for STEPS more steps, runs/tumor_fold<k>_more. The lever is judged
 # out of fold: `eval.calibrate --split val --cross-fit 5` on the fold's held-out patients, one cycle, two cycles and
 # the choice between them made inside the cross-fitting (runs/tumor_fold<k>_more/calibrated.safetensors.threshold.json);
-# nothing is chosen on a patient's own score. Over all five folds: eval.crossval with both checkpoints of each fold.
+# nothing is chosen on a patient's own score. The start and its continuation averaged:
+# runs/tumor_fold<k>_NAME/average.safetensors. Over all five folds: eval.crossval with both checkpoints of each fold.
 # The same second stage on whole-width crops (the open question of #13: +0.064 +- 0.038 on validation, -0.018 +- 0.055
 # on calibration): NAME=whole EXTRA="--set data.crop_size=400 --set train.batch_size=4" (400 x 400 crops, about the
 # pixels of 16 crops of 192 per step).
 # NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4),
-# PARALLEL (2), THREADS (1), EXTRA (more --set flags, e.g. "--set train.compile=true": 1.2-1.3x on a 2-core AMD
-# EPYC, measured with eval.bench_train), UNTIL=HH:MM; rerun to resume.
+# PARALLEL (2), THREADS (1), CALIB (1; 0 skips the per-fold calibration run), EXTRA (more --set flags, e.g. "--set
+# train.compile=true": 1.2-1.3x on a 2-core AMD EPYC, measured with eval.bench_train), UNTIL=HH:MM; rerun to resume.
+# Fold 0's 1,200-step weights are the `all` arm's (tumor_levers.sh).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
@@ -21,12 +23,17 @@ STEPS=${STEPS:-600}
 more() {
   local k=$1 init=runs/tumor_fold$1/last.safetensors out=runs/tumor_fold$1_${NAME:-more} start=()
   [ -f "$init" ] || init=checkpoints/wip/tumor_fold${k}_last.safetensors
+  [ "$k" != 0 ] || [ -f "$init" ] || init=checkpoints/wip/tumor_lever_all_last.safetensors  # fold 0 is the `all` arm
   [ -f "$init" ] || { echo "fold $k: no 1,200-step weights" >&2; return 0; }
   # a fresh run starts from the fold's weights; a started one resumes (runs/ or its committed slim weights)
   [ -d "$out/checkpoints" ] || [ -f "checkpoints/wip/tumor_fold${k}_${NAME:-more}_last.safetensors" ] || start=(--init "$init")
   train_run configs/tumor_folds_cpu.yaml "$out" "$STEPS" --set data.fold=$k --set seed=1 --set train.lr=${LR:-2.5e-4} \
       --set train.warmup_steps=50 --set train.val_every=200 ${EXTRA:-} "${start[@]}"
   [ -f "$out/checkpoints/step_$(printf %07d "$STEPS").pt" ] || return 0
+  # the start and its continuation averaged (a model and its own continuation share a basin: +0.014 on the GPU)
+  [ -f "$out/average.safetensors" ] || python -m eval.average --checkpoint "$init" "$out/last.safetensors" \
+      --out "$out/average.safetensors" >> "$out.log" 2>&1
+  [ "${CALIB:-1}" = 1 ] || return 0
   # one cycle and two, each cross-fitted on its own with the paired difference (cross_fit.per_checkpoint), and the
   # choice between them made inside the cross-fitting (cross_fit.dice)
   OMP_NUM_THREADS=${THREADS:-1} python -m eval.calibrate --checkpoint "$init" "$out/last.safetensors" \
