@@ -268,8 +268,9 @@ def main(argv=None) -> int:
             raise UserError(f"{models[0][0]}: its folds cut at different uptake fractions {sorted(own)}; give the "
                             f"candidate one with @uptake_fraction=F")
         fractions.append(own.pop())
+    sweeps = tqdm(list(zip(probabilities, fractions)), desc="threshold x size sweep (candidates)")  # minutes with many
     table = np.stack([dice_table(probs, truths, images=images, uptake_fraction=fraction)
-                      for probs, fraction in zip(probabilities, fractions)], 1)  # (patients, candidates, thr, sizes)
+                      for probs, fraction in sweeps], 1)  # (patients, candidates, thresholds, sizes)
     index, pooled = best_cell(table)
     chosen = describe(index)
     pick = chosen.pop("checkpoint")
