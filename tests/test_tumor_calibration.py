@@ -107,3 +107,38 @@ def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_t
         calibrate.main(["--checkpoint", str(trained_tumor_tiny / "last.safetensors"), "--data-root", str(tumor_root),
                         "--split", "calib", "--out", str(tmp_path / "c.safetensors")])
 
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6])
+def test_every_cell_of_the_dice_table_is_what_the_submitted_mask_scores(fraction):
+    """The sweep shares one component pass per threshold; each cell must still be the Dice of the mask `tumor_mask`
+    submits at that setting (threshold, component filter, uptake cut). Components of exactly 10 and 25 pixels sit on
+    the size grid's edges, touching blobs merge at low thresholds, an image with no tumor and one with no prediction
+    are among the cases."""
+    from diffusion.metrics import dice_score
+    from diffusion.tasks.tumor.postprocess import tumor_mask
+    from eval import calibrate
+
+    rng = np.random.default_rng(0)
+    probabilities, labels, images = [], [], []
+    for case in range(6):
+        prob = rng.random((40, 48)) * 0.3
+        prob[2:4, 2:7] = 0.8                                                     # 10 px
+        prob[10:15, 10:15] = rng.uniform(0.3, 0.95, (5, 5))                      # 25 px, mixed confidence
+        prob[20:30, 20:34] = np.clip(rng.normal(0.6, 0.2, (10, 14)), 0, 1)      # a blob that breaks up as t rises
+        prob[30:33, 34:36] = 0.45                                                # joins the blob at low thresholds
+        truth = np.zeros((40, 48), np.uint8)
+        truth[21:29, 22:33] = 1
+        truth[10:13, 10:15] = case % 2
+        image = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+        if case == 4:
+            truth[:] = 0            # a patient image without tumor
+        if case == 5:
+            prob[:] = 0.0           # nothing predicted
+        probabilities.append(prob), labels.append(truth), images.append(image)
+    table = calibrate.dice_table(probabilities, labels, images=images, uptake_fraction=fraction)
+    for i, (prob, truth, image) in enumerate(zip(probabilities, labels, images)):
+        for j, t in enumerate(calibrate.THRESHOLDS):
+            for k, m in enumerate(calibrate.MIN_SIZES):
+                sample = {"threshold": float(t), "min_component": m, "uptake_fraction": fraction}
+                assert table[i, j, k] == dice_score(tumor_mask(prob, sample, image), truth), (i, t, m)
