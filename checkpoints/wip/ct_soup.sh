@@ -7,7 +7,9 @@
 # patients held out) -> runs/ct_reg_soup, and is averaged with its start -> runs/ct_reg_soup/avg.safetensors.
 # Chosen on the calibration patients (release, continuation, average; eval.compare --split calib), then the chosen one
 # scored against the release on all 530 validation slices (stage val; only that run's numbers are reported).
-# STEPS (300), LR (5e-5), THREADS (2), EXTRA (e.g. "--set train.compile=true"), UNTIL=HH:MM; STAGES (train calib).
+# STEPS (300), LR (5e-5), THREADS (2), EXTRA (e.g. "--set train.compile=true"), UNTIL=HH:MM; STAGES (train calib);
+# NAME (ct_reg_soup): the run folder runs/NAME and the reports runs/compare_ct_<NAME without ct_reg_>_{calib,val}, for another arm of the
+# same continuation, e.g. NAME=ct_reg_real EXTRA="--set data.generated_mask_prob=0" (real masks only).
 # Measured 2026-12-06 (docs/results/ct_inpainting.md): on calibration the continuation +0.002 +- 0.002, the average
 # +0.001 +- 0.001 against the release: no gain, stage val not run.
 set -e
@@ -16,7 +18,9 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 CODE=$(code_snapshot ct_soup_code)
 STEPS=${STEPS:-300}
 RELEASE=checkpoints/ct_inpaint.safetensors
-OUT=runs/ct_reg_soup
+NAME=${NAME:-ct_reg_soup}
+OUT=runs/$NAME
+REPORT=runs/compare_ct_${NAME#ct_reg_}  # runs/compare_ct_soup_calib for the default NAME
 export THREADS=${THREADS:-2}
 pair="sampler=regressor:1,ensemble=2,flip=1"
 if [[ " ${STAGES:-train calib} " == *" train "* ]]; then
@@ -29,12 +33,12 @@ if [[ " ${STAGES:-train calib} " == *" train "* ]]; then
 fi
 if [[ " ${STAGES:-train calib} " == *" calib "* ]]; then
   OMP_NUM_THREADS=$THREADS python -m eval.compare --task ct --split calib --data-root ../shared/data \
-      --out runs/compare_ct_soup_calib --variant "name=release,checkpoint=$RELEASE,$pair" \
+      --out ${REPORT}_calib --variant "name=release,checkpoint=$RELEASE,$pair" \
       --variant "name=continued $STEPS steps,checkpoint=$OUT/last.safetensors,$pair" \
-      --variant "name=average of the two,checkpoint=$OUT/avg.safetensors,$pair" > runs/compare_ct_soup_calib.log 2>&1
+      --variant "name=average of the two,checkpoint=$OUT/avg.safetensors,$pair" > ${REPORT}_calib.log 2>&1
 fi
 if [[ " ${STAGES:-} " == *" val "* ]]; then  # CHOSEN: the checkpoint chosen on the calibration patients
   OMP_NUM_THREADS=$THREADS python -m eval.compare --task ct --split val --data-root ../shared/data \
-      --out runs/compare_ct_soup_val --variant "name=release,checkpoint=$RELEASE,$pair" \
-      --variant "name=${CHOSEN_NAME:-chosen on calibration},checkpoint=$CHOSEN,$pair" > runs/compare_ct_soup_val.log 2>&1
+      --out ${REPORT}_val --variant "name=release,checkpoint=$RELEASE,$pair" \
+      --variant "name=${CHOSEN_NAME:-chosen on calibration},checkpoint=$CHOSEN,$pair" > ${REPORT}_val.log 2>&1
 fi
