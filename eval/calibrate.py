@@ -54,6 +54,7 @@ def dice_table(probabilities: list[np.ndarray], labels: list[np.ndarray], thresh
     table = np.zeros((len(probabilities), len(thresholds), len(min_sizes)))
     for i, (probability, label) in enumerate(zip(probabilities, labels)):
         truth = (np.asarray(label) > 0).ravel()
+        true_pixels = int(truth.sum())
         uptake = None if uptake_fraction <= 0 else (255 - images[i].astype(np.int16)).ravel()
         for j, t in enumerate(thresholds):
             n, components, stats, _ = cv2.connectedComponentsWithStats((probability > t).astype(np.uint8),
@@ -71,7 +72,7 @@ def dice_table(probabilities: list[np.ndarray], labels: list[np.ndarray], thresh
                 keep = area >= m
                 keep[0] = False
                 tp = int(hits[keep].sum())
-                fp, fn = int(predicted[keep].sum()) - tp, int(truth.sum()) - tp
+                fp, fn = int(predicted[keep].sum()) - tp, true_pixels - tp
                 table[i, j, k] = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     return table
 

@@ -108,7 +108,6 @@ def test_calibration_refuses_a_checkpoint_without_calibration_patients(trained_t
                         "--split", "calib", "--out", str(tmp_path / "c.safetensors")])
 
 
-
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6])
 def test_every_cell_of_the_dice_table_is_what_the_submitted_mask_scores(fraction):
     """The sweep shares one component pass per threshold; each cell must still be the Dice of the mask `tumor_mask`
@@ -135,7 +134,9 @@ def test_every_cell_of_the_dice_table_is_what_the_submitted_mask_scores(fraction
             truth[:] = 0            # a patient image without tumor
         if case == 5:
             prob[:] = 0.0           # nothing predicted
-        probabilities.append(prob), labels.append(truth), images.append(image)
+        probabilities.append(prob)
+        labels.append(truth)
+        images.append(image)
     table = calibrate.dice_table(probabilities, labels, images=images, uptake_fraction=fraction)
     for i, (prob, truth, image) in enumerate(zip(probabilities, labels, images)):
         for j, t in enumerate(calibrate.THRESHOLDS):
