@@ -59,6 +59,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -160,9 +161,10 @@ def fold_models(paths: list[str]) -> list[list[tuple[str, Predictor, dict]]]:
 def candidate_name(folds: list[tuple]) -> str:
     """A short name for one candidate's fold checkpoints in the figure: the part of the fold paths that names the
     candidate, with the part that varies by fold as {k} (runs/tumor_soup0/seg/last.safetensors, runs/tumor_soup1/...
-    -> tumor_soup{k}/seg/last; runs/tumor_gpu_soup/seg_fold0.safetensors, ... -> tumor_gpu_soup/seg_fold{k}), or a
-    fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4); runs joined with `+`
-    by their parts (tumor_seg + tumor_fold{k}_last)."""
+    -> tumor_soup{k}/seg/last; runs/tumor_gpu_soup/seg_fold0.safetensors, ... -> tumor_gpu_soup/seg_fold{k}; fold
+    files named apart by more than their number: the first and the last, `wip/tumor_lever_all_last …
+    wip/tumor_fold4_last`), or a fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4); runs joined with
+    `+` by their parts (tumor_seg + tumor_fold{k}_last)."""
     name = folds[0][0]
     path, at, settings = name.split(" member ")[0].partition("@")
     if "+" in path:  # runs joined fold by fold: the first run's name + the others' (fold files named as above)
@@ -180,7 +182,9 @@ def candidate_name(folds: list[tuple]) -> str:
     lead = os.path.commonprefix(texts).rstrip("0123456789")  # the fold number is replaced whole (fold1x, x = 0..4)
     tail = os.path.commonprefix([t[::-1] for t in texts])[::-1].lstrip("0123456789")
     if len(texts) > 1 and len(lead) + len(tail) < min(map(len, texts)):
-        return lead + "{k}" + tail + at + settings
+        if all(re.fullmatch(re.escape(lead) + r"\d+" + re.escape(tail), text) for text in texts):
+            return lead + "{k}" + tail + at + settings
+        return f"{texts[0]} … {texts[-1]}{at}{settings}"  # fold files named apart, not by their number alone
     return texts[0] + at + settings
 
 

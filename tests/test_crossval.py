@@ -299,3 +299,7 @@ def test_a_candidate_is_named_by_the_part_of_its_fold_paths_that_varies():
     assert crossval.candidate_name(folds("checkpoints/tumor_seg.safetensors@flip=true member {}")) == "tumor_seg@flip=true"
     joined = "checkpoints/tumor_seg.safetensors+" + "+".join(f"runs/fold{k}/last.safetensors" for k in range(5))
     assert crossval.candidate_name(folds(joined + "@flip=false member {}")) == "tumor_seg + fold{k}/last@flip=false"
+    # fold files whose names differ by more than the fold number are not given a {k} pattern that none of them has
+    mixed = [("checkpoints/wip/tumor_lever_all_last.safetensors", None, None)] + [
+        (f"checkpoints/wip/tumor_fold{k}_last.safetensors", None, None) for k in range(1, 5)]
+    assert crossval.candidate_name(mixed) == "wip/tumor_lever_all_last … wip/tumor_fold4_last"
