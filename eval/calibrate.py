@@ -34,6 +34,7 @@ from diffusion.errors import UserError, run_cli
 from diffusion.evaluate import add_split_argument
 from diffusion.inference import case_seed, load_predictor
 from diffusion.tasks import get_task
+from diffusion.tasks.tumor.postprocess import kept_by_uptake
 from eval.compare import common_cases
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -60,11 +61,8 @@ def dice_table(probabilities: list[np.ndarray], labels: list[np.ndarray], thresh
             n, components, stats, _ = cv2.connectedComponentsWithStats((probability > t).astype(np.uint8),
                                                                        connectivity=8)
             components = components.ravel()
-            kept = components > 0  # the pixels each component contributes (after the cut, when there is one)
-            if uptake is not None and n > 1:
-                peak = np.zeros(n, np.int16)
-                np.maximum.at(peak, components[kept], uptake[kept])
-                kept &= uptake >= uptake_fraction * peak[components]
+            # the pixels each component contributes (after the cut, when there is one)
+            kept = components > 0 if uptake is None else kept_by_uptake(components, n, uptake, uptake_fraction)
             predicted = np.bincount(components[kept], minlength=n)
             hits = np.bincount(components[kept & truth], minlength=n)
             area = stats[:, cv2.CC_STAT_AREA]

@@ -163,8 +163,8 @@ def candidate_name(folds: list[tuple]) -> str:
     candidate, with the part that varies by fold as {k} (runs/tumor_soup0/seg/last.safetensors, runs/tumor_soup1/...
     -> tumor_soup{k}/seg/last; runs/tumor_gpu_soup/seg_fold0.safetensors, ... -> tumor_gpu_soup/seg_fold{k}; fold
     files named apart by more than their number: the first and the last, `wip/tumor_lever_all_last …
-    wip/tumor_fold4_last`), or a fold ensemble's file name with its sample settings (tumor_seg_diffusion@steps=1,ensemble=4); runs joined with
-    `+` by their parts (tumor_seg + tumor_fold{k}_last)."""
+    wip/tumor_fold4_last`), or a fold ensemble's file name with its sample settings
+    (tumor_seg_diffusion@steps=1,ensemble=4); runs joined with `+` by their parts (tumor_seg + tumor_fold{k}_last)."""
     name = folds[0][0]
     path, at, settings = name.split(" member ")[0].partition("@")
     if "+" in path:  # runs joined fold by fold: the first run's name + the others' (fold files named as above)

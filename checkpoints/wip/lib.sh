@@ -25,6 +25,10 @@ train_run() {  # train_run CONFIG OUT STEPS [args...]: one run of $CODE, resumed
   OMP_NUM_THREADS=${THREADS:-1} python "$CODE"/train_diffusion.py --config "$config" --out "$out" \
       --data-root ../shared/data --set train.max_steps="$steps" $(until_minutes) "${resume[@]}" "$@" >> "$out.log" 2>&1
 }
+cpu_fold() {  # cpu_fold K: fold K's CPU-trained segmenter (2026-12-03; fold 0's is the `all` arm of tumor_levers.sh)
+  [ "$1" = 0 ] && echo checkpoints/wip/tumor_lever_all_last.safetensors \
+      || echo "checkpoints/wip/tumor_fold$1_last.safetensors"
+}
 in_parallel() {  # in_parallel FUNCTION: FUNCTION k for every k in $FOLDS, PARALLEL (default 2) at a time
   local running=0 k
   for k in $FOLDS; do

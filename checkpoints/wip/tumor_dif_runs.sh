@@ -11,15 +11,13 @@ set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 STAGES=${STAGES:-train eval}; FOLDS=${FOLDS:-0 1 2 3 4}
-W=checkpoints/wip
-segmenter() { [ "$1" = 0 ] && echo $W/tumor_lever_all_last.safetensors || echo $W/tumor_fold$1_last.safetensors; }
 if [[ " $STAGES " == *" train "* ]]; then
   CODE=$(code_snapshot tumor_dif_runs_code)
   for k in $FOLDS; do
     out=runs/tumor_dwarm_cpu$k
     [ -f "$out/last.safetensors" ] && continue
     OMP_NUM_THREADS=${THREADS:-2} python "$CODE"/train_diffusion.py --config configs/tumor_folds_cpu.yaml \
-        --data-root ../shared/data --out "$out" --init "$(segmenter $k)" --set data.fold=$k \
+        --data-root ../shared/data --out "$out" --init "$(cpu_fold $k)" --set data.fold=$k \
         --set diffusion.objective=diffusion --set diffusion.timestep_power=0.3 --set train.lr=5e-5 \
         --set train.warmup_steps=10 --set sample.sampler=ddim --set sample.steps=1 --set sample.ensemble=1 \
         --set sample.flip=false --set train.batch_size=16 --set train.max_steps=100 --set train.val_every=100000 \

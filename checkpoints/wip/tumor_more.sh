@@ -24,8 +24,7 @@ FOLDS=${FOLDS:-1 2}
 STEPS=${STEPS:-600}
 more() {
   local k=$1 init=runs/tumor_fold$1/last.safetensors out=runs/tumor_fold$1_${NAME:-more} start=()
-  [ -f "$init" ] || init=checkpoints/wip/tumor_fold${k}_last.safetensors
-  [ "$k" != 0 ] || [ -f "$init" ] || init=checkpoints/wip/tumor_lever_all_last.safetensors  # fold 0 is the `all` arm
+  [ -f "$init" ] || init=$(cpu_fold "$k")
   [ -f "$init" ] || { echo "fold $k: no 1,200-step weights" >&2; return 0; }
   # a fresh run starts from the fold's weights; a started one resumes (runs/ or its committed slim weights)
   [ -d "$out/checkpoints" ] || [ -f "checkpoints/wip/tumor_fold${k}_${NAME:-more}_last.safetensors" ] || start=(--init "$init")

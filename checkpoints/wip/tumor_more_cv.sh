@@ -13,10 +13,7 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 NAME=${NAME:-c450}
 GPU=$(git_file 0e582be checkpoints/tumor_seg.safetensors tumor_seg_20261204.safetensors)
-W=checkpoints/wip
-cpu() {  # the CPU half of the release: fold 0 is the `all` arm
-  echo "$W/tumor_lever_all_last.safetensors"; for k in 1 2 3 4; do echo "$W/tumor_fold${k}_last.safetensors"; done
-}
+cpu() { for k in 0 1 2 3 4; do cpu_fold $k; done; }  # the CPU half of the release
 run() { for k in 0 1 2 3 4; do echo "runs/tumor_fold${k}_$NAME/$1.safetensors"; done; }
 joined() { echo "$GPU+$(tr '\n' + | sed 's/+$//')@uptake_fraction=0.3"; }
 alone() { sed 's/$/@uptake_fraction=0.3/'; }

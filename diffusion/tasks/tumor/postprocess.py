@@ -28,13 +28,18 @@ def uptake_cut(mask: np.ndarray, image: np.ndarray, fraction: float) -> np.ndarr
         return mask
     if image.shape != mask.shape:
         raise ValueError(f"uptake_cut: image {image.shape} and mask {mask.shape} differ in shape")
-    _, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
-    uptake = 255 - image.astype(np.int16)
-    inside = labels > 0
-    peak = np.zeros(labels.max() + 1, np.int16)
-    np.maximum.at(peak, labels[inside], uptake[inside])
-    keep = inside & (uptake >= fraction * peak[labels])
+    n, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
+    keep = kept_by_uptake(labels, n, 255 - image.astype(np.int16), fraction)
     return np.where(keep, mask, np.zeros_like(mask))
+
+
+def kept_by_uptake(labels: np.ndarray, n: int, uptake: np.ndarray, fraction: float) -> np.ndarray:
+    """The pixels of components 1..n-1 of a label image (0: background) whose `uptake` is at least `fraction` of
+    their component's peak: the rule of `uptake_cut`, for callers that already hold the components."""
+    inside = labels > 0
+    peak = np.zeros(n, np.int16)
+    np.maximum.at(peak, labels[inside], uptake[inside])
+    return inside & (uptake >= fraction * peak[labels])
 
 
 def tumor_mask(probability: np.ndarray, sample: dict, image: np.ndarray | None = None) -> np.ndarray:
