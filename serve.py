@@ -10,8 +10,8 @@ The request and response formats are the task's codec (`diffusion/tasks/<task>/c
 * Deadline: the service keeps a running estimate of the seconds per network evaluation (at the largest input size,
   scaled by each request's pixels: a tall PET image costs more than a short one) and, when the default setting
   would run past `--budget` seconds counted from the request's arrival (time queued behind other requests
-  included), degrades (fewer ensemble members first, then fewer steps). The setting used is in the `X-Sampler`
-  response header and the log.
+  included), degrades (fewer ensemble members first, then, for a checkpoint of several networks such as a fold
+  ensemble, fewer networks, then fewer steps). The setting used is in the `X-Sampler` response header and the log.
 * Concurrency: one inference at a time behind an asyncio lock (a queue in arrival order): two inferences on two
   cores would each run at half speed and both risk the deadline, where one after the other the first answers at
   full speed. A request whose client has gone is dropped before it starts, and cancelled between sampler steps
@@ -50,13 +50,22 @@ class Cancelled(Exception):
 class Plan:
     spec: SamplerSpec
     ensemble: int
+    networks: int = 1  # networks used of the checkpoint's `of` (`Predictor.with_networks`)
+    of: int = 1
 
     def __str__(self) -> str:
-        return f"{self.spec} E={self.ensemble}"
+        return f"{self.spec} E={self.ensemble}" + (f" N={self.networks}/{self.of}" if self.networks < self.of else "")
+
+    @property
+    def evaluations(self) -> float:
+        """Network evaluations per image in units of the whole checkpoint's (all its networks): what the estimate of
+        seconds per evaluation is counted in."""
+        return self.spec.nfe * self.ensemble * self.networks / self.of
 
 
 class Deadline:
-    """Chooses the largest setting (ensemble first, then steps) whose estimated time fits the budget."""
+    """Chooses the largest setting (ensemble first, then networks, then steps) whose estimated time fits the
+    budget."""
 
     def __init__(self, budget_s: float, seconds_per_nfe: float):
         self.budget_s = budget_s
@@ -64,21 +73,27 @@ class Deadline:
         # updated from every request
         self.seconds_per_nfe = seconds_per_nfe
 
-    def plan(self, spec: SamplerSpec, ensemble: int, waited_s: float = 0.0, scale: float = 1.0) -> Plan:
+    def plan(self, spec: SamplerSpec, ensemble: int, waited_s: float = 0.0, scale: float = 1.0,
+             networks: int = 1) -> Plan:
         """`waited_s`: seconds the request already spent queued behind others; they count against the budget,
         so an answer is late neither because the model is slow nor because the queue is long. `scale`: the
-        request's size over the reference size (its pixels over the largest input's)."""
+        request's size over the reference size (its pixels over the largest input's). `networks`: the checkpoint's
+        networks (a fold ensemble's), of which a plan may use fewer once one member each does not fit."""
         budget = self.budget_s - waited_s
-        fits = lambda s, e: s.nfe * e * self.seconds_per_nfe * scale <= budget
+        fits = lambda s, e, k=networks: Plan(s, e, k, networks).evaluations * self.seconds_per_nfe * scale <= budget
         while ensemble > 1 and not fits(spec, ensemble):
             ensemble -= 1
-        while spec.steps > 1 and spec.name != "distilled" and not fits(spec, ensemble):  # a student has one grid
+        used = networks
+        while used > 1 and not fits(spec, ensemble, used):
+            used -= 1
+        while spec.steps > 1 and spec.name != "distilled" and not fits(spec, ensemble, used):  # a student: one grid
             spec = SamplerSpec(spec.name, max(1, spec.steps // 2), spec.jumps)
-        if spec.name == "repaint" and not fits(spec, ensemble):
+        if spec.name == "repaint" and not fits(spec, ensemble, used):
             spec = SamplerSpec("ddim", 1)
-        return Plan(spec, ensemble)
+        return Plan(spec, ensemble, used, networks)
 
-    def observe(self, seconds: float, nfe: int, scale: float = 1.0) -> None:
+    def observe(self, seconds: float, nfe: float, scale: float = 1.0) -> None:
+        """A request's time and its evaluations (`Plan.evaluations`) update the estimate."""
         if nfe > 0:
             self.seconds_per_nfe = 0.7 * self.seconds_per_nfe + 0.3 * seconds / nfe / scale
 
@@ -108,13 +123,15 @@ class Service:
         return self.task.codec.parse_request(request)
 
     def default_plan(self, inputs: dict | None = None) -> Plan:
-        """The checkpoint's own setting; for `inputs`, the ensemble their size gets (`Predictor.ensemble_for`)."""
+        """The checkpoint's own setting, all its networks; for `inputs`, the ensemble their size gets
+        (`Predictor.ensemble_for`)."""
         spec, ensemble = self.predictor.default_spec()
-        return Plan(spec, ensemble if inputs is None else self.predictor.ensemble_for(inputs))
+        networks = len(self.predictor.models)
+        return Plan(spec, ensemble if inputs is None else self.predictor.ensemble_for(inputs), networks, networks)
 
     def predict(self, inputs: dict, plan: Plan, callback=None) -> dict:
-        prediction = self.predictor.predict_one(inputs, spec=plan.spec, ensemble=plan.ensemble, seed=0,
-                                                callback=callback)
+        predictor = self.predictor.with_networks(plan.networks if plan.networks < plan.of else None)  # else all
+        prediction = predictor.predict_one(inputs, spec=plan.spec, ensemble=plan.ensemble, seed=0, callback=callback)
         return self.task.codec.encode_response(self.task.output_image(prediction))
 
     def warm_up(self) -> float:
@@ -172,7 +189,8 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
             # the budget counts from the request's arrival: time spent queued leaves less for sampling
             default = service.default_plan(inputs)
             scale = case_pixels(inputs) / reference_pixels
-            plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived, scale=scale)
+            plan = deadline.plan(default.spec, default.ensemble, waited_s=time.perf_counter() - arrived, scale=scale,
+                                 networks=default.of)
             cancel = threading.Event()
 
             def callback(_state):
@@ -192,7 +210,7 @@ def create_app(service, budget_s: float = 8.0, seconds_per_nfe: float | None = N
             finally:
                 watcher.cancel()
             seconds = time.perf_counter() - start
-            deadline.observe(seconds, plan.spec.nfe * plan.ensemble, scale=scale)
+            deadline.observe(seconds, plan.evaluations, scale=scale)
         log.info("request %s: %s in %.2fs (%.2fs with queue)", request_id, plan, seconds,
                  time.perf_counter() - arrived)
         return JSONResponse(result, headers={"X-Sampler": str(plan), "X-Request-Id": request_id,

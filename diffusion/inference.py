@@ -202,6 +202,20 @@ class Predictor:
         other.flip_members = bool(other.config["sample"]["flip"])
         return other
 
+    def with_networks(self, networks: int | None) -> Predictor:
+        """The same predictor with `networks` of its networks, spread evenly over them (network i * n // k of n, for
+        i < k: a fold ensemble of two runs, stored fold by fold, keeps the first run of every fold at k = n / 2), or
+        itself for None or n: the service's cheapest degrade of a fold ensemble."""
+        n = len(self.models)
+        if networks is None or networks == n:
+            return self
+        if not 1 <= networks <= n:
+            raise UserError(f"networks={networks}: this model has {n} network(s); choose 1..{n}")
+        other = copy.copy(self)
+        other.models = [self.models[i * n // networks] for i in range(networks)]
+        other.denoiser = other.models[0]
+        return other
+
     def default_spec(self) -> tuple[SamplerSpec, int]:
         try:
             return spec_of(self.config["sample"]), int(self.config["sample"]["ensemble"])

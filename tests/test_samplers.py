@@ -156,6 +156,33 @@ def test_with_one_member_per_network_every_other_network_sees_the_mirror():
     assert torch.equal(single.denoiser.seen[0], cond)
 
 
+def test_with_networks_keeps_networks_spread_over_the_ensemble_and_the_mirror_alternating():
+    """The service's degrade of a fold ensemble: k of n networks, network i * n // k (a two-run fold ensemble stored
+    fold by fold keeps one network of every fold at k = n / 2), sampled as a k-network ensemble (members numbered
+    over the kept networks, so with one member each every other kept network sees the mirror); all of them for None
+    or n; a clear error outside 1..n."""
+    from diffusion.errors import UserError
+    from diffusion.inference import Predictor
+    from samplers import SamplerSpec
+
+    config = {"task": "tumor", "model": {"block_out_channels": [8]}, "sample": {"flip": True}}
+    nets = [Echo() for _ in range(10)]
+    predictor = Predictor(nets, config, bf16=False)
+    for k, kept in [(5, [0, 2, 4, 6, 8]), (3, [0, 3, 6]), (2, [0, 5]), (1, [0])]:
+        sub = predictor.with_networks(k)
+        assert [nets.index(m) for m in sub.models] == kept and sub.denoiser is nets[0]
+    assert predictor.with_networks(None) is predictor and predictor.with_networks(10) is predictor
+    assert len(predictor.models) == 10                                  # the original is untouched
+    cond = torch.arange(8.0).view(1, 1, 2, 4).repeat(1, 2, 1, 1)
+    x0 = predictor.with_networks(5).sample(cond, None, SamplerSpec("ddim", 1), 1, [0])
+    assert x0.shape[0] == 5 and [len(n.seen) for n in nets] == [1, 0] * 5  # only the kept networks ran
+    for j, i in enumerate([0, 2, 4, 6, 8]):
+        assert torch.equal(nets[i].seen[0][0], cond[0].flip(-1) if j % 2 else cond[0]), i
+    for bad in (0, 11):
+        with pytest.raises(UserError, match=f"networks={bad}: this model has 10"):
+            predictor.with_networks(bad)
+
+
 def test_inputs_larger_than_ensemble_max_pixels_get_one_member_per_network():
     """The size rule of `sample.ensemble_max_pixels`: the checkpoint's ensemble up to that many pixels, one pass per
     network above (every other network on the mirror), an explicit ensemble as asked, and no rule without the key."""

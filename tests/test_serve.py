@@ -130,6 +130,57 @@ def test_deadline_scales_its_estimate_with_the_request_size():
     assert d.seconds_per_nfe == pytest.approx(5.0)
 
 
+def test_deadline_drops_networks_after_members_and_before_steps():
+    """A fold ensemble of 10 networks at 1 s per evaluation of all of them: members go first, then networks (as many
+    as fit, at least one), then steps; the estimate counts a plan's evaluations in whole-ensemble units."""
+    from samplers import SamplerSpec
+
+    d = serve.Deadline(8.0, 1.0)
+    reg = SamplerSpec("regressor", 1)
+    assert str(d.plan(reg, 2, networks=10)) == "regressor:1 E=2"                     # 2 s: the default
+    assert str(d.plan(reg, 2, waited_s=7.0, networks=10)) == "regressor:1 E=1"       # 1 s left: one member each
+    assert str(d.plan(reg, 2, waited_s=7.5, networks=10)) == "regressor:1 E=1 N=5/10"  # 0.5 s: half the networks
+    assert str(d.plan(reg, 2, waited_s=9.0, networks=10)) == "regressor:1 E=1 N=1/10"  # over: the cheapest answer
+    assert str(d.plan(SamplerSpec("ddim", 4), 1, waited_s=7.7, networks=10)) == "ddim:2 E=1 N=1/10"  # 0.2 s
+    assert str(d.plan(SamplerSpec("ddim", 4), 2, waited_s=7.7)) == "ddim:1 E=1"      # one network: steps only
+    plan = d.plan(reg, 2, waited_s=7.5, networks=10)
+    assert plan.evaluations == pytest.approx(0.5)
+    d.observe(0.5, plan.evaluations)             # half the networks in 0.5 s: still 1 s for all of them
+    assert d.seconds_per_nfe == pytest.approx(1.0)
+
+
+def test_the_service_degrades_a_fold_ensemble_to_fewer_networks(trained_tumor_tiny):
+    """Four networks of the tiny diffusion segmenter (ddim:2, 2 members each) at an estimated 1 s per evaluation of
+    all four: the default (4 s), one member each (2 s) and three networks (1.5 s) overrun a 1.2 s budget, so the
+    service answers with 2 of the 4 networks (the first and the third), one member each, both steps (1 s), and its
+    answer is what those two networks give."""
+    import torch
+
+    from diffusion.data.images import decode_png
+    from diffusion.inference import build_denoiser
+    from tests.conftest import make_pet_case
+
+    base = Predictor.from_checkpoint(trained_tumor_tiny / "last.safetensors")
+    nets = []
+    for i in range(4):  # four different networks: the first one's weights, each output bias shifted its own way
+        net = build_denoiser(base.config)
+        net.net.load_state_dict(base.denoiser.net.state_dict())
+        with torch.no_grad():
+            net.net.conv_out.bias += 0.3 * (i - 1.5)
+        nets.append(net)
+    predictor = Predictor(nets, base.config, checkpoint="four networks")
+    service = serve.Service(predictor)
+    image, _ = make_pet_case(np.random.default_rng(0), 991)
+    with TestClient(serve.create_app(service, budget_s=1.2, seconds_per_nfe=1.0)) as c:
+        r = c.post("/predict", json={"img": b64(image)})
+    assert r.status_code == 200 and r.headers["x-sampler"] == "ddim:2 E=1 N=2/4", r.headers
+    answer = decode_png(base64.b64decode(r.json()["img"]), grey=False)[..., 0]
+    spec, inputs = predictor.default_spec()[0], {"image": image[..., 0]}  # the PET, as the codec parses it
+    two = predictor.with_networks(2).predict_one(inputs, spec=spec, ensemble=1).image
+    four = predictor.predict_one(inputs, spec=spec, ensemble=1).image
+    assert np.array_equal(answer, two) and not np.array_equal(two, four)
+
+
 def test_the_service_plans_each_request_at_its_own_size(trained_tumor_tiny):
     from tests.conftest import make_pet_case
 
