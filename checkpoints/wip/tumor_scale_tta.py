@@ -21,13 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from diffusion.checkpoint import fold_members
 from diffusion.data.images import crop_back, pad_to_multiple
 from diffusion.evaluate import select_cases
-from diffusion.inference import Predictor, build_denoiser, case_seed
+from diffusion.inference import Predictor, case_seed
 from diffusion.tasks import get_task
 from diffusion.tasks.tumor.layout import MAX_HEIGHT
 from eval.calibrate import compare_candidates, cross_fit, dice_table
+from eval.crossval import fold_entries
 
 RELEASE = "checkpoints/tumor_seg.safetensors"
 OUT = Path("runs/tumor_scale_tta")
@@ -55,16 +55,10 @@ def view_probability(predictor: Predictor, image: np.ndarray, scale: float, seed
 def predict(root=None):
     task = get_task("tumor")
     root, _ = task.layout.resolve_root(root)
-    members = fold_members(RELEASE, expected_task="tumor")
     OUT.mkdir(parents=True, exist_ok=True)
     index = {}
-    for k in range(5):
-        nets = []
-        for state, config, meta in members[2 * k: 2 * k + 2]:
-            assert config["data"]["fold"] == k, (k, meta)
-            nets.append(build_denoiser(config))
-            nets[-1].net.load_state_dict(state)
-        predictor = Predictor(nets, config, checkpoint=RELEASE)
+    for k, (_, predictor, _) in enumerate(fold_entries(RELEASE)):  # each fold's networks, as eval.crossval has them
+        assert predictor.config["data"]["fold"] == k
         cases, line = select_cases(task, root, predictor.config["data"], "val", None, whose=RELEASE)
         print(f"fold {k}: {line}", file=sys.stderr)
         for case in tqdm(cases, desc=f"fold {k}"):
