@@ -23,8 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oof import held_out
+
 from diffusion.checkpoint import fold_members
-from diffusion.evaluate import select_cases
 from diffusion.inference import Predictor, build_denoiser, case_seed
 from diffusion.tasks import get_task
 from eval.calibrate import compare_candidates, cross_fit, dice_table
@@ -39,24 +41,18 @@ def predict(root=None):
     members = fold_members(RELEASE, expected_task="tumor")
     OUT.mkdir(parents=True, exist_ok=True)
     index = {}
+    folds = []  # each fold's two networks, one predictor each
     for k in range(5):
-        nets = []
+        folds.append([])
         for state, config, meta in members[2 * k: 2 * k + 2]:
             assert config["data"]["fold"] == k, (k, meta)
             denoiser = build_denoiser(config)
             denoiser.net.load_state_dict(state)
-            nets.append(Predictor([denoiser], config, checkpoint=RELEASE))
-        cases, line = select_cases(task, root, nets[0].config["data"], "val", None, whose=RELEASE)
-        print(f"fold {k}: {line}", file=sys.stderr)
-        for case in tqdm(cases, desc=f"fold {k}"):
-            f = OUT / f"{case.id}.npz"
-            index[case.id] = k
-            if f.exists():
-                continue
-            example = task.layout.read_case(root, case, with_truth=True)
-            probs = [net.predict_one(example.inputs, seed=case_seed(case.id)).probability for net in nets]
-            np.savez_compressed(f, gpu=probs[0].astype(np.float16), cpu=probs[1].astype(np.float16),
-                                truth=example.truth.astype(np.uint8))
+            folds[-1].append(Predictor([denoiser], config, checkpoint=RELEASE))
+    for k, case, example in held_out(task, root, [f[0].config["data"] for f in folds], OUT, index, RELEASE):
+        probs = [net.predict_one(example.inputs, seed=case_seed(case.id)).probability for net in folds[k]]
+        np.savez_compressed(OUT / f"{case.id}.npz", gpu=probs[0].astype(np.float16), cpu=probs[1].astype(np.float16),
+                            truth=example.truth.astype(np.uint8))
     (OUT / "index.json").write_text(json.dumps(index))
 
 

@@ -21,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oof import held_out
+
 from diffusion.data.images import crop_back, pad_to_multiple
-from diffusion.evaluate import select_cases
 from diffusion.inference import Predictor, case_seed
 from diffusion.tasks import get_task
 from diffusion.tasks.tumor.layout import MAX_HEIGHT
@@ -57,20 +59,13 @@ def predict(root=None):
     root, _ = task.layout.resolve_root(root)
     OUT.mkdir(parents=True, exist_ok=True)
     index = {}
-    for k, (_, predictor, _) in enumerate(fold_entries(RELEASE)):  # each fold's networks, as eval.crossval has them
-        assert predictor.config["data"]["fold"] == k
-        cases, line = select_cases(task, root, predictor.config["data"], "val", None, whose=RELEASE)
-        print(f"fold {k}: {line}", file=sys.stderr)
-        for case in tqdm(cases, desc=f"fold {k}"):
-            f = OUT / f"{case.id}.npz"
-            index[case.id] = k
-            if f.exists():
-                continue
-            example = task.layout.read_case(root, case, with_truth=True)
-            image = example.inputs["image"]
-            views = {f"s{s}": view_probability(predictor, image, s, case_seed(case.id)).astype(np.float16)
-                     for s in SCALES}
-            np.savez_compressed(f, image=image, truth=example.truth.astype(np.uint8), **views)
+    predictors = [predictor for _, predictor, _ in fold_entries(RELEASE)]  # each fold's networks, as eval.crossval
+    assert [p.config["data"]["fold"] for p in predictors] == list(range(5))
+    for k, case, example in held_out(task, root, [p.config["data"] for p in predictors], OUT, index, RELEASE):
+        image = example.inputs["image"]
+        views = {f"s{s}": view_probability(predictors[k], image, s, case_seed(case.id)).astype(np.float16)
+                 for s in SCALES}
+        np.savez_compressed(OUT / f"{case.id}.npz", image=image, truth=example.truth.astype(np.uint8), **views)
     (OUT / "index.json").write_text(json.dumps(index))
 
 
