@@ -134,7 +134,7 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
     num_workers: int = Field(0, ge=0)
-    compile: bool = False                         # torch.compile the network (measure first: eval.bench_train)
+    compile: bool = False                         # ignored, with a warning: compiled training got zero gradients
     log_with: LogWith = "none"                    # accelerate trackers beside metrics.jsonl (all: every installed)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)

@@ -6,7 +6,9 @@
 The two settings alternate round by round (so a noisy, shared machine hurts both alike) and the median seconds
 per optimiser step of each is turned into images per second. Synthetic inputs of the config's crop size: the
 data loader is not measured. With --compile a third setting compiles the network (`train.compile`); its first
-step (the compilation) is dropped like every setting's warm-up step, and the compile time is reported.
+step (the compilation) is dropped like every setting's warm-up step, and the compile time is reported. Its speed is
+not a training speed: compiled, most of the UNet got zero gradients (2026-12-07), so less backward work was done,
+and `train.compile` is ignored by train_diffusion.py (COMPILE_BROKEN there).
 """
 from __future__ import annotations
 

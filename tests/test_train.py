@@ -362,3 +362,17 @@ def test_init_grows_layers_per_block(trained_tiny, tmp_path):
     after = torch.load(tmp_path / "deeper/checkpoints/step_0000001.pt", weights_only=False)["model"]
     assert "down_blocks.0.resnets.1.conv2.weight" in after
     assert float(after["down_blocks.0.resnets.1.conv2.weight"].abs().max()) < 0.05  # one step from zero
+
+
+def test_train_compile_is_not_honoured_and_the_run_trains_what_an_eager_run_does(trained_tiny, tmp_path):
+    """torch.compile gave most of the UNet zero gradients in training (2026-12-07): `train.compile: true` now warns,
+    trains eagerly and records `compile: false`, so the run's weights are exactly those of the same run without it
+    (a compiled run's differ: its deeper blocks never move)."""
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="train.compile is ignored"):
+        assert train_diffusion.main(["--config", TINY, "--out", str(run), "--data-root",
+                                     str(trained_tiny.parent / "data"), "--set", "train.compile=true"]) == 0
+    compiled, _, _ = load_slim(run / "last.safetensors")
+    eager, _, _ = load_slim(trained_tiny / "last.safetensors")
+    assert compiled.keys() == eager.keys() and all(torch.equal(compiled[k], eager[k]) for k in eager)
+    assert "compile: false" in (run / "config.yaml").read_text()
