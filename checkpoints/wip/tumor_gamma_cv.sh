@@ -2,7 +2,7 @@
 # Issue #27: a run of the folds with the `gamma` recipe (every lever of configs/tumor_folds_cpu.yaml plus the uptake's
 # contrast and gamma jittered, data.intensity_aug 0.3; +0.011 ± 0.019 over `all` as one network on fold 0), judged out
 # of fold inside the release's ensemble. Fold 0 is the `gamma` arm of tumor_levers.sh; folds 1-4 from
-#   RUN=tumor_gamma_fold LEVERS="--set data.intensity_aug=0.3 --set train.compile=true" STAGES=seg FOLDS="1 2 3 4" \
+#   RUN=tumor_gamma_fold LEVERS="--set data.intensity_aug=0.3" STAGES=seg FOLDS="1 2 3 4" \
 #       PARALLEL=1 THREADS=2 UNTIL=HH:MM bash checkpoints/wip/tumor_folds.sh
 # (runs/tumor_gamma_fold<k>, or their slim weights committed as checkpoints/wip/tumor_gamma_fold<k>_last.safetensors).
 # One eval.crossval run, same patients and seeds, every candidate cut at 30 % of the peak uptake (the release's
