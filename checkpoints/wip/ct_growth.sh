@@ -7,7 +7,7 @@
 # objective; the arm with the lower calibration MAE at step 1,000 is the one to release (then scored on the 530
 # validation slices, one harness run, against the release).
 #   ARMS (default "reg_same reg_deep"; "dif_same dif_deep" once stage d is done), THREADS (default 1) each, EXTRA
-#   (more --set flags for every arm, e.g. EXTRA="--set train.compile=true"),
+#   (more --set flags for every arm; train.compile is ignored: compiled training zeroed most gradients),
 #   UNTIL=HH:MM stops by then with a checkpoint; rerun to resume (runs/, or checkpoints/wip/<arm>_last.safetensors).
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate

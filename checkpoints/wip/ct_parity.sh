@@ -12,8 +12,8 @@
 #   cosine from lr 5e-5, the same calibration patients held out. Run 2026-12-06: its step 250 (best.safetensors,
 #   chosen on the calibration patients) is ct_inpaint_diffusion.safetensors since that day.
 # THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
-# EXTRA more --set flags (e.g. "--set train.compile=true": 1.16x on this network on a 2-core AMD EPYC, measured
-# with eval.bench_train; measure on the machine at hand first).
+# EXTRA more --set flags (train.compile is ignored since 2026-12-07: compiled training zeroed most gradients;
+# docs/results/training_and_serving.md).
 # Resumable: rerun (from runs/, or when runs/ is gone from the slim weights committed as
 # checkpoints/wip/<run>_last.safetensors: a finished stage's are its result, an unfinished one's go on).
 set -e

@@ -7,7 +7,7 @@
 # patients held out) -> runs/ct_reg_soup, and is averaged with its start -> runs/ct_reg_soup/avg.safetensors.
 # Chosen on the calibration patients (release, continuation, average; eval.compare --split calib), then the chosen one
 # scored against the release on all 530 validation slices (stage val; only that run's numbers are reported).
-# STEPS (300), LR (5e-5), THREADS (2), EXTRA (e.g. "--set train.compile=true"), UNTIL=HH:MM; STAGES (train calib);
+# STEPS (300), LR (5e-5), THREADS (2), EXTRA (more --set flags), UNTIL=HH:MM; STAGES (train calib);
 # NAME (ct_reg_soup): the run folder runs/NAME and the reports runs/compare_ct_<NAME without ct_reg_>_{calib,val},
 # for another arm of the same continuation, e.g. NAME=ct_reg_real EXTRA="--set data.generated_mask_prob=0" (real
 # masks only; measured 2026-12-07: +0.000 +- 0.002 on the calibration patients, the average +0.001 +- 0.001).

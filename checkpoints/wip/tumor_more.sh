@@ -11,8 +11,8 @@
 # on calibration): NAME=whole EXTRA="--set data.crop_size=400 --set train.batch_size=4" (400 x 400 crops, about the
 # pixels of 16 crops of 192 per step).
 # NAME (default more: the run folder runs/tumor_fold<k>_NAME), FOLDS (default "1 2"), STEPS (600), LR (2.5e-4),
-# PARALLEL (2), THREADS (1), CALIB (1; 0 skips the per-fold calibration run), EXTRA (more --set flags, e.g. "--set
-# train.compile=true": 1.2-1.3x on a 2-core AMD EPYC, measured with eval.bench_train), UNTIL=HH:MM; rerun to resume.
+# PARALLEL (2), THREADS (1), CALIB (1; 0 skips the per-fold calibration run), EXTRA (more --set flags; train.compile
+# is ignored since 2026-12-07, compiled training zeroed most gradients), UNTIL=HH:MM; rerun to resume.
 # Fold 0's 1,200-step weights are the `all` arm's (tumor_levers.sh).
 # Measured 2026-12-07 (NAME=c450 STEPS=450, all five folds, judged by tumor_more_cv.sh): the continuations are worse
 # out of fold than their starts (0.607 against 0.636), their averages level (0.632); inside the release neither pays.
