@@ -11,7 +11,7 @@ def test_gpu_smoke_dry_run_on_the_cpu(tmp_path):
     out = tmp_path / "smoke"
     trained = out / "train_ct_tiny_eager" / "last.safetensors"
     done = subprocess.run([sys.executable, "-m", "eval.gpu_smoke", "--device", "cpu", "--configs", "ct_tiny",
-                           "--steps", "2", "--compile", "off", "--limit", "1", "--out", str(out),
+                           "--steps", "2", "--limit", "1", "--out", str(out),
                            "--checkpoint", f"ct={trained}"],
                           cwd=REPO, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

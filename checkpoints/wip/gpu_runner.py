@@ -138,7 +138,7 @@ def pack_logs(out: Path, work: Path, patterns: tuple[str, ...]) -> None:
 def start_smoke(work: Path, configs: str, extra: str) -> subprocess.Popen:
     """The repository's GPU smoke check (`eval.gpu_smoke`) beside the first minutes of training."""
     return subprocess.Popen([sys.executable, "-m", "eval.gpu_smoke", "--configs", configs, "--steps", "20",
-                             "--compile", "off", "--limit", "4", "--out", str(work / "smoke"), *extra.split()],
+                             "--limit", "4", "--out", str(work / "smoke"), *extra.split()],
                             stdout=open(work / "smoke.log", "w"), stderr=subprocess.STDOUT)
 
 
