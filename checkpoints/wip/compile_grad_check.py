@@ -1,6 +1,8 @@
 """Compiled vs eager gradients of the tumor segmenter's training loss on one batch (same weights, same batch).
 
     OMP_NUM_THREADS=1 python checkpoints/wip/compile_grad_check.py   # about 2 min (three compilations)
+    OMP_NUM_THREADS=1 python checkpoints/wip/compile_grad_check.py --contiguous   # the network not channels_last
+    OMP_NUM_THREADS=1 python checkpoints/wip/compile_grad_check.py --no-layout-optimization   # inductor's layout pass off
 
 Prints, for eager bf16, compiled fp32 and compiled bf16 against eager fp32, the loss and the relative difference of
 all gradients, then every parameter whose compiled gradient is more than 5 % off (2026-12-07, torch 2.13: 154 of
@@ -18,11 +20,15 @@ from diffusion.config import load_config
 from diffusion.inference import build_denoiser
 from diffusion.tasks import get_task
 
+if "--no-layout-optimization" in sys.argv:
+    import torch._inductor.config
+    torch._inductor.config.layout_optimization = False
 torch.manual_seed(0)
 config = load_config(str(Path(__file__).resolve().parents[2] / "configs/tumor_folds_cpu.yaml"))
 task = get_task("tumor", config["data"])
 base = build_denoiser(config)
-base.net.to(memory_format=torch.channels_last)
+if "--contiguous" not in sys.argv:
+    base.net.to(memory_format=torch.channels_last)
 n, h, w = 16, 192, 400
 image = torch.randint(0, 256, (n, h, w), dtype=torch.uint8)
 label = (torch.rand(n, h, w) > 0.97).to(torch.uint8)
