@@ -10,7 +10,8 @@
 #   (checkpoints/ct_inpaint.safetensors, the regressor after stages c and d; train_diffusion.py zeroes its weights on
 #   the noisy input, so at t = T-1 the model starts as the release), WARM_STEPS (default 800) steps on whole slices,
 #   cosine from lr 5e-5, the same calibration patients held out. Run 2026-12-06: its step 250 (best.safetensors,
-#   chosen on the calibration patients) is ct_inpaint_diffusion.safetensors since that day.
+#   chosen on the calibration patients) is ct_inpaint_diffusion.safetensors since that day. That run was compiled
+#   (only the outer layers trained); the eager rerun: WARM_NAME=ct_dif_warm_eager (runs/WARM_NAME; default ct_dif_warm).
 # THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
 # EXTRA more --set flags (train.compile is ignored since 2026-12-07: compiled training zeroed most gradients;
 # docs/results/training_and_serving.md).
@@ -45,4 +46,4 @@ stage() {  # stage OUT INIT STEPS LR
 mkdir -p runs
 case " ${STAGES:-c d} " in *" c "*) stage runs/ct_dif_whole "$(diffusion_20261201)" 1000 1e-4 ;; esac
 case " ${STAGES:-c d} " in *" d "*) stage runs/ct_dif_more "$(last_of runs/ct_dif_whole)" 3000 5e-5 ;; esac
-case " ${STAGES:-c d} " in *" w "*) stage runs/ct_dif_warm "$PWD/checkpoints/ct_inpaint.safetensors" "${WARM_STEPS:-800}" 5e-5 ;; esac
+case " ${STAGES:-c d} " in *" w "*) stage "runs/${WARM_NAME:-ct_dif_warm}" "$PWD/checkpoints/ct_inpaint.safetensors" "${WARM_STEPS:-800}" 5e-5 ;; esac
