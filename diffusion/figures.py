@@ -99,7 +99,8 @@ def plot_folds(per_fold: dict[str, list[list[float]]], out_path: Path, against: 
     """Cross-validation at a glance: each patient's out-of-fold Dice by fold (dots) with the fold's mean and standard
     error, one colour per candidate; with `against` ({"name", "theirs", "ours"}), a second panel pairs another
     model's Dice with the out-of-fold Dice of the same patients (above the diagonal: the folds do better)."""
-    fig, axes = plt.subplots(1, 2 if against else 1, figsize=(10 if against else 6, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if against else 1, figsize=(10 if against else 6, 3.8), squeeze=False,
+                             layout="constrained")
     ax = axes[0, 0]
     width = 0.8 / max(1, len(per_fold))
     rng = np.random.default_rng(0)
@@ -113,14 +114,15 @@ def plot_folds(per_fold: dict[str, list[list[float]]], out_path: Path, against: 
     ax.set_xticks(range(len(next(iter(per_fold.values())))))
     ax.set(xlabel="fold", ylabel="out-of-fold Dice per patient", ylim=(-0.02, 1.02),
            title="out-of-fold Dice by fold (mean ± SE)")
-    ax.legend(fontsize=7)
+    # below the panels, saved with the figure's tight box: a candidate's name (joined runs' paths) is often wider than
+    # the axes, and a legend inside them covered the dots and ran off the canvas
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower left", fontsize=7, frameon=False)
     if against:
         ax = axes[0, 1]
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
         ax.scatter(against["theirs"], against["ours"], s=12)
         ax.set(xlabel=f"{against['name']}: Dice", ylabel="out of fold: Dice", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
                title="the same patients, neither trained on them")
-    fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path, dpi=100, bbox_inches="tight")
     plt.close(fig)

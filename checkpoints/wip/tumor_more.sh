@@ -14,8 +14,9 @@
 # PARALLEL (2), THREADS (1), CALIB (1; 0 skips the per-fold calibration run), EXTRA (more --set flags; train.compile
 # is ignored since 2026-12-07, compiled training zeroed most gradients), UNTIL=HH:MM; rerun to resume.
 # Fold 0's 1,200-step weights are the `all` arm's (tumor_levers.sh).
-# Measured 2026-12-07 (NAME=c450 STEPS=450, all five folds, judged by tumor_more_cv.sh): the continuations are worse
-# out of fold than their starts (0.607 against 0.636), their averages level (0.632); inside the release neither pays.
+# Measured 2026-12-07 (NAME=c450 STEPS=450, all five folds, judged by tumor_more_cv.sh; compiled, void): the
+# continuations worse out of fold than their starts (0.607 against 0.636). Rerun eagerly (NAME=e450, seventh session):
+# better alone (0.651), averaged with their starts 0.656 (+0.020 +- 0.007); inside the release neither pays.
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
