@@ -11,7 +11,8 @@
 #   the noisy input, so at t = T-1 the model starts as the release), WARM_STEPS (default 800) steps on whole slices,
 #   cosine from lr 5e-5, the same calibration patients held out. Run 2026-12-06: its step 250 (best.safetensors,
 #   chosen on the calibration patients) is ct_inpaint_diffusion.safetensors since that day. That run was compiled
-#   (only the outer layers trained); the eager rerun: WARM_NAME=ct_dif_warm_eager (runs/WARM_NAME; default ct_dif_warm).
+#   (only the outer layers trained); the eager rerun: WARM_NAME=ct_dif_warm_eager (runs/WARM_NAME; default ct_dif_warm),
+#   2026-12-07: best calibration MAE 3.279 (step 375) against the compiled run's 3.260 (step 250): not kept.
 # THREADS (default 1) threads; UNTIL=HH:MM stops by then with a checkpoint; STAGES (default "c d") which stages;
 # EXTRA more --set flags (train.compile is ignored since 2026-12-07: compiled training zeroed most gradients;
 # docs/results/training_and_serving.md).
