@@ -13,6 +13,9 @@
 # masks only; measured 2026-12-07: +0.000 +- 0.002 on the calibration patients, the average +0.001 +- 0.001).
 # Measured 2026-12-06 (docs/results/ct_inpainting.md): on calibration the continuation +0.002 +- 0.002, the average
 # +0.001 +- 0.001 against the release: no gain, stage val not run.
+# Both arms were compiled (only the outer layers trained); rerun eagerly 2026-12-07 as NAME=ct_reg_soup_eager and
+# NAME=ct_reg_real_eager: on calibration the averages -0.002 +- 0.004 and -0.008 +- 0.004; the latter, chosen, +0.002
+# +- 0.002 on validation (stage val): no gain.
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
