@@ -10,21 +10,27 @@
 # STEPS (300), LR (5e-4), FOLDS ("0 1 2 3 4"), THREADS (2), EXTRA (more --set flags), UNTIL=HH:MM;
 # rerun to resume; STAGES (train cv).
 # Measured 2026-12-06 (docs/results/tumor_segmentation.md): continuation 0.622, average 0.660, release 0.684 out of
-# fold: at batch 16 the peak lr 5e-4 throws the GPU-trained folds out of their basin; try LR=1e-4 next.
+# fold: at batch 16 the peak lr 5e-4 throws the GPU-trained folds out of their basin; try LR=1e-4 next. That run was
+# compiled (void: compiled training zeroed most gradients); rerun eagerly on 2026-12-08 with LR 1e-4 (now the default).
+# Since 2026-12-06 the release holds two networks per fold (GPU + CPU): RELEASE (default: its GPU half, the release of
+# 2026-12-04, git show 0e582be) is what is continued, and the cv stage judges each candidate GPU half inside today's
+# release (joined with the CPU half, cut at 30 % of the peak uptake, the release's default) and alone; NAME (soup)
+# names the runs runs/tumor_<NAME><k> and the report runs/tumor_cv_<NAME>.
 set -e
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 . checkpoints/wip/lib.sh
 CODE=$(code_snapshot tumor_soup_code)
 FOLDS=${FOLDS:-0 1 2 3 4}
 STEPS=${STEPS:-300}
-RELEASE=checkpoints/tumor_seg.safetensors
+NAME=${NAME:-soup}
+RELEASE=$(realpath "${RELEASE:-$(git_file 0e582be checkpoints/tumor_seg.safetensors tumor_seg_20261204.safetensors)}")
 export THREADS=${THREADS:-2}
 if [[ " ${STAGES:-train cv} " == *" train "* ]]; then
   for k in $FOLDS; do
-    w=runs/tumor_soup$k
-    [ -f "$w/init/seg_fold$k.safetensors" ] || (cd checkpoints/wip && python -c "import tumor_gpu_folds as t; from pathlib import Path; t.fold_inits(Path('../../$RELEASE'), Path('../../$w'), 'seg')")
+    w=runs/tumor_$NAME$k
+    [ -f "$w/init/seg_fold$k.safetensors" ] || (cd checkpoints/wip && python -c "import tumor_gpu_folds as t; from pathlib import Path; t.fold_inits(Path('$RELEASE'), Path('../../$w'), 'seg')")
     start=(); [ -d "$w/seg/checkpoints" ] || start=(--init "$w/init/seg_fold$k.safetensors")
-    train_run configs/tumor_folds_cpu.yaml "$w/seg" "$STEPS" --set data.fold=$k --set seed=2 --set train.lr=${LR:-5e-4} \
+    train_run configs/tumor_folds_cpu.yaml "$w/seg" "$STEPS" --set data.fold=$k --set seed=2 --set train.lr=${LR:-1e-4} \
         --set train.warmup_steps=30 --set train.val_every=100000 ${EXTRA:-} "${start[@]}"
     [ -f "$w/seg/checkpoints/step_$(printf %07d "$STEPS").pt" ] || exit 0  # stopped by UNTIL: rerun to resume
     python -m eval.average --checkpoint "$w/init/seg_fold$k.safetensors" "$w/seg/last.safetensors" \
@@ -32,8 +38,16 @@ if [[ " ${STAGES:-train cv} " == *" train "* ]]; then
   done
 fi
 if [[ " ${STAGES:-train cv} " == *" cv "* ]]; then
-  OMP_NUM_THREADS=$THREADS python -m eval.crossval --checkpoint $RELEASE \
-      $(for k in 0 1 2 3 4; do echo runs/tumor_soup$k/seg/last.safetensors; done) \
-      $(for k in 0 1 2 3 4; do echo runs/tumor_soup$k/avg.safetensors; done) \
-      --data-root ../shared/data --out runs/tumor_cv_soup --release runs/tumor_seg_soup.safetensors > runs/tumor_cv_soup.log 2>&1
+  for k in 0 1 2 3 4; do [ -f "runs/tumor_$NAME$k/avg.safetensors" ] || { echo "fold $k not finished" >&2; exit 0; }; done
+  gpu() { for k in 0 1 2 3 4; do echo "runs/tumor_$NAME$k/$1"; done; }  # init/seg_fold<k>, seg/last, avg
+  cpu() { for k in 0 1 2 3 4; do cpu_fold $k; done; }  # the release's CPU half
+  plus() { tr '\n' + | sed 's/+$//'; }
+  gpu_init() { for k in 0 1 2 3 4; do echo "runs/tumor_$NAME$k/init/seg_fold$k.safetensors"; done; }
+  cut=@uptake_fraction=0.3
+  OMP_NUM_THREADS=$THREADS python -m eval.crossval \
+      --checkpoint "$( (gpu_init; cpu) | plus)$cut" "$( (gpu seg/last.safetensors; cpu) | plus)$cut" \
+      "$( (gpu avg.safetensors; cpu) | plus)$cut" $(gpu_init | sed "s/$/$cut/") \
+      $(gpu seg/last.safetensors | sed "s/$/$cut/") $(gpu avg.safetensors | sed "s/$/$cut/") \
+      --data-root ../shared/data --out runs/tumor_cv_$NAME --release runs/tumor_seg_$NAME.safetensors \
+      > runs/tumor_cv_$NAME.log 2>&1
 fi
