@@ -49,8 +49,7 @@ if __name__ == "__main__":
     blocks, how = int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "inplace"
     if len(sys.argv) > 3:
         module, values = KNOBS[sys.argv[3]]
-        for key, value in values.items():
-            module.patch({key: value}).__enter__()
+        module.patch(values).__enter__()  # for the whole process
     net = build(blocks)
     ref = grads(net, net)
     other = copy.deepcopy(net)
