@@ -11,7 +11,9 @@
 # rerun to resume; STAGES (train cv).
 # Measured 2026-12-06 (docs/results/tumor_segmentation.md): continuation 0.622, average 0.660, release 0.684 out of
 # fold: at batch 16 the peak lr 5e-4 throws the GPU-trained folds out of their basin; try LR=1e-4 next. That run was
-# compiled (void: compiled training zeroed most gradients); rerun eagerly on 2026-12-08 with LR 1e-4 (now the default).
+# compiled (void: compiled training zeroed most gradients); rerun eagerly on 2026-12-08 with LR 1e-4 (now the default;
+# NAME=esoup): the continuation -0.034 +- 0.012 alone, the average -0.018 +- 0.008 alone and +0.000 +- 0.004 inside the
+# release (0.700); not kept.
 # Since 2026-12-06 the release holds two networks per fold (GPU + CPU): RELEASE (default: its GPU half, the release of
 # 2026-12-04, git show 0e582be) is what is continued, and the cv stage judges each candidate GPU half inside today's
 # release (joined with the CPU half, cut at 30 % of the peak uptake, the release's default) and alone; NAME (soup)
