@@ -7,7 +7,7 @@
 # runs/tumor_soup<k>/avg.safetensors. Judged out of fold by one eval.crossval run with three candidates per fold
 # (release, continuation, average; chosen inside the cross-fitting, like the GPU runs), which writes the fold ensemble
 # of the chosen candidates. Nothing is chosen on a patient's own score.
-# STEPS (300), LR (5e-4), FOLDS ("0 1 2 3 4"), THREADS (2), EXTRA (more --set flags), UNTIL=HH:MM;
+# STEPS (300), LR (1e-4), NAME (soup), RELEASE, FOLDS ("0 1 2 3 4"), THREADS (2), EXTRA (more --set flags), UNTIL=HH:MM;
 # rerun to resume; STAGES (train cv).
 # Measured 2026-12-06 (docs/results/tumor_segmentation.md): continuation 0.622, average 0.660, release 0.684 out of
 # fold: at batch 16 the peak lr 5e-4 throws the GPU-trained folds out of their basin; try LR=1e-4 next. That run was
